@@ -1,0 +1,177 @@
+"""The request handlers: find the merchant's provider, verify, store, answer.
+
+Order of checks, each with its status: unknown merchant or provider 404; source address
+403; body size 413; verification 401; content 400; Redis 503; then 200 with what the
+provider expects. Nothing is stored before verification passes, and nothing is answered
+200 before Redis confirms the job. No input reaches a 500: anything unexpected is logged
+and answered 503, so the provider retries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from ingress import app as app_keys
+from shared.errors import CallbackRejected, Forbidden, StoreUnavailable, TooLarge
+from shared.models import Callback, new_callback_id, utcnow
+from shared.providers.base import Incoming, Provider
+from shared.queue import CALLBACKS, DELIVERIES
+
+log = structlog.get_logger("payhooks.ingress")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_OUTCOMES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 413: "too_large"}
+
+
+def callback_handler(provider_name: str) -> Handler:
+    async def receive_callback(request: web.Request) -> web.Response:
+        return await _receive(request, provider_name)
+
+    return receive_callback
+
+
+async def _receive(request: web.Request, provider_name: str) -> web.Response:
+    started = time.perf_counter()
+    merchant = request.match_info["merchant"]
+    metrics = request.app[app_keys.METRICS]
+    provider = request.app[app_keys.MERCHANTS].get(merchant, {}).get(provider_name)
+    if provider is None:
+        metrics.callbacks.labels(provider_name, "", "unknown_merchant").inc()
+        log.info("callback_rejected", provider=provider_name, merchant=merchant[:64],
+                 status=404, reason="merchant or provider not configured")
+        return _text(404, "unknown merchant or provider")
+    try:
+        incoming = await _incoming(request, provider)
+        accepted = provider.verify(incoming)
+    except CallbackRejected as exc:
+        outcome = _OUTCOMES[exc.status]
+        metrics.callbacks.labels(provider_name, merchant, outcome).inc()
+        log.info("callback_rejected", provider=provider_name, merchant=merchant,
+                 status=exc.status, reason=exc.reason)
+        return _text(exc.status, exc.public_message if exc.status != 400 else
+                     f"{exc.public_message}: {exc.reason}")
+    callback = Callback(
+        id=new_callback_id(),
+        merchant=merchant,
+        provider=provider_name,
+        method=incoming.method,
+        uri=accepted.uri,
+        headers=accepted.headers,
+        body=incoming.body,
+        source=incoming.source,
+        received_at=utcnow(),
+        reference=accepted.reference,
+    )
+    try:
+        await request.app[app_keys.STORE].store(
+            callback.id,
+            callback.model_dump_json().encode(),
+            f"{provider_name} callback {callback.id} for {merchant}",
+        )
+    except StoreUnavailable as exc:
+        metrics.callbacks.labels(provider_name, merchant, "unavailable").inc()
+        log.warning("callback_not_stored", provider=provider_name, merchant=merchant,
+                    status=503, error=str(exc))
+        return _text(503, "temporarily unavailable, retry later")
+    elapsed = time.perf_counter() - started
+    metrics.callbacks.labels(provider_name, merchant, "accepted").inc()
+    metrics.ack_seconds.labels(provider_name).observe(elapsed)
+    log.info("callback_received", provider=provider_name, merchant=merchant,
+             callback_id=callback.id, reference=accepted.reference, status=200,
+             duration_ms=round(elapsed * 1000, 3))
+    return _text(200, provider.ack_body)
+
+
+async def _incoming(request: web.Request, provider: Provider) -> Incoming:
+    settings = request.app[app_keys.SETTINGS].ingress
+    peer = request.remote or ""
+    trusted = _in_networks(peer, settings.trusted_proxies)
+    source = _forwarded_for(request, settings.trusted_proxies) if trusted else peer
+    if provider.allowed_ips and not _in_networks(source, provider.allowed_ips):
+        raise Forbidden(f"source {source!r} not allowed")
+    uri = request.raw_path
+    original = request.headers.get("X-Original-URI") if trusted else None
+    if original and original.startswith("/"):
+        uri = original
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise TooLarge(f"Content-Length {request.content_length}")
+    try:
+        body = await request.read() if request.method == "POST" else b""
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("body over max_body_bytes") from None
+    return Incoming(
+        method=request.method,
+        uri=uri,
+        query=uri.partition("?")[2],
+        headers=request.headers,
+        body=body,
+        source=source,
+    )
+
+
+def _forwarded_for(request: web.Request, trusted: Sequence[Any]) -> str:
+    """The nearest address in X-Forwarded-For that is not one of our trusted proxies."""
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    hops = [hop for hop in hops if hop]
+    for hop in reversed(hops):
+        if not _in_networks(hop, trusted):
+            return hop
+    return hops[0] if hops else (request.remote or "")
+
+
+def _in_networks(address: str, networks: Sequence[Any]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _text(status: int, body: str) -> web.Response:
+    return web.Response(status=status, text=body, content_type="text/plain")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _text(200, "ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[app_keys.REDIS].ping()
+    except (RedisError, OSError):
+        return _text(503, "redis unavailable")
+    return _text(200, "ready")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app_metrics = request.app[app_keys.METRICS]
+    redis = request.app[app_keys.REDIS]
+    try:
+        for queue in (CALLBACKS, DELIVERIES):
+            app_metrics.queue_depth.labels(queue).set(await redis.llen(f"rq:queue:{queue}"))
+    except (RedisError, OSError):
+        pass  # the depth stays at its last reading; /readyz tells that Redis is down
+    return web.Response(
+        body=generate_latest(app_metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+@web.middleware
+async def never_500(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn anything unexpected into a logged 503: the provider will retry, nothing is lost."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:  # the one catch-all of this process: log it, answer, move on
+        log.exception("callback_failed", path=request.path, status=503)
+        return _text(503, "temporarily unavailable, retry later")

@@ -1,0 +1,1 @@
+"""Code the ingress and the workers share: settings, models, providers, the queue format."""

@@ -1,0 +1,67 @@
+"""Every exception payhooks raises on purpose, and where each one ends up.
+
+    PayhooksError
+      ConfigError            - the config file is unusable; start-up stops with the message
+      CallbackRejected       - the ingress refuses a callback; never enqueued
+        Malformed            - not the expected content (HTTP 400)
+        Unauthorized         - signature, key or credentials do not verify (HTTP 401, no detail)
+        Forbidden            - source address not allowed (HTTP 403)
+        TooLarge             - body over max_body_bytes (HTTP 413)
+      StoreUnavailable       - Redis did not take the job (HTTP 503, the provider retries)
+
+Messages never contain secrets. Where a message names an offending value, that value
+comes from the request, never from the configuration.
+"""
+
+from __future__ import annotations
+
+
+class PayhooksError(Exception):
+    """Base of everything payhooks raises deliberately."""
+
+
+class ConfigError(PayhooksError):
+    """The configuration cannot be used. The message names the key and the problem."""
+
+
+class CallbackRejected(PayhooksError):
+    """The ingress refuses a callback. `status` is the HTTP answer."""
+
+    status = 400
+    public_message = "rejected"
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or self.public_message)
+        self.reason = reason or self.public_message
+
+
+class Malformed(CallbackRejected):
+    """The request is not what the provider sends: wrong shape, field or format."""
+
+    status = 400
+    public_message = "malformed callback"
+
+
+class Unauthorized(CallbackRejected):
+    """The callback does not verify. The reason is logged, never returned."""
+
+    status = 401
+    public_message = "unauthorized"
+
+
+class Forbidden(CallbackRejected):
+    """The source address is not in the merchant's allowed_ips."""
+
+    status = 403
+    public_message = "forbidden"
+
+
+class TooLarge(CallbackRejected):
+    """The body is larger than max_body_bytes."""
+
+    status = 413
+    public_message = "body too large"
+
+
+class StoreUnavailable(PayhooksError):
+    """Redis did not confirm the job, so the callback was not acknowledged."""

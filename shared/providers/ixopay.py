@@ -1,0 +1,192 @@
+"""IXOPAY (and its white labels): signed JSON callbacks, legacy signed XML callbacks.
+
+Docs: documentation.ixopay.com/docs/guides/production/additional-security and
+/docs/reference/integration/callbacks; the official PHP SDK (ixopay/php-ixopay,
+`Client::validateCallback`, `CurlClient::createSignature`) is the reference we match.
+
+Verification is an HMAC-SHA512, keyed with the connector's shared secret, over five lines
+joined by "\\n": the method, the hex hash of the body, the content type, the `Date` header
+verbatim and the request URI (path and query, as requested). Base64 of the digest arrives
+in `X-Signature`. Quirks, all from the SDK:
+- The body hash is SHA-512, or MD5 for connectors on the legacy "postback format"; the SDK
+  signs its own requests with MD5, so SDK users usually get MD5 callbacks. Both are accepted.
+- The content type in the signed text is always `application/json; charset=utf-8`,
+  whatever header arrives: the SDK hard-codes it, so a signature over any other content
+  type is one the SDK rejects, and so do we.
+- `Date` is used verbatim; the docs give `X-Date` precedence, the SDK takes `Date` first,
+  so either is tried. The age of the date is not checked unless the merchant sets
+  `max_date_skew`: IXOPAY retries a callback for more than seven days.
+- Legacy XML callbacks sign six lines (an empty "custom headers" line before the URI) over
+  `text/xml; charset=utf-8` and send `Authorization: Gateway <apiKey>:<signature>`; the
+  older `IxoPay <apiKey>:` prefix is accepted with the MD5 body hash only.
+The callback is signed, so it is authoritative unless `verify_with_status_api` is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Literal
+
+from defusedxml import ElementTree
+from defusedxml.common import DefusedXmlException
+
+from shared.errors import Malformed, Unauthorized
+from shared.providers.base import Accepted, Incoming, keep_headers, load_json_object
+from shared.settings import IxopaySettings
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+XML_CONTENT_TYPE = "text/xml; charset=utf-8"
+_XML_NAMESPACE = "{http://gateway.ixopay.com/Schema/V2/Callback}"
+_KEPT_HEADERS = ("content-type", "date", "x-date", "x-signature", "authorization",
+                 "x-authorization")
+
+BodyHash = Literal["sha512", "md5"]
+
+
+def sign(
+    secret: str,
+    body: bytes,
+    date: str,
+    uri: str,
+    *,
+    body_hash: BodyHash = "sha512",
+    content_type: str = JSON_CONTENT_TYPE,
+    method: str = "POST",
+    legacy_xml: bool = False,
+) -> str:
+    """The signature IXOPAY puts on a callback (and the SDK on a request)."""
+    digest = _body_digests(body)[body_hash]
+    return _signature(secret.encode(), method, digest, content_type, date, uri, legacy_xml)
+
+
+def _signature(
+    secret: bytes, method: str, digest: str, content_type: str, date: str, uri: str,
+    legacy_xml: bool,
+) -> str:
+    lines = [method, digest, content_type, date, *([""] if legacy_xml else []), uri]
+    message = "\n".join(lines).encode("utf-8", "surrogateescape")
+    return base64.b64encode(hmac.new(secret, message, hashlib.sha512).digest()).decode()
+
+
+def _body_digests(body: bytes) -> dict[BodyHash, str]:
+    return {
+        "sha512": hashlib.sha512(body).hexdigest(),
+        "md5": hashlib.md5(body, usedforsecurity=False).hexdigest(),
+    }
+
+
+class Ixopay:
+    name: ClassVar[str] = "ixopay"
+    method: ClassVar[str] = "POST"
+    ack_body: ClassVar[str] = "OK"
+
+    def __init__(self, settings: IxopaySettings) -> None:
+        self._secret = settings.shared_secret.get_secret_value().encode()
+        self._api_key = settings.api_key
+        self._max_skew = settings.max_date_skew
+        self.allowed_ips = settings.allowed_ips
+
+    def verify(self, request: Incoming) -> Accepted:
+        headers = request.headers
+        dates = _dates(headers)
+        if "x-signature" in headers:
+            self._check_json_signature(request, headers["x-signature"], dates)
+            reference = _json_reference(request.body)
+        elif authorization := headers.get("authorization") or headers.get("x-authorization"):
+            self._check_xml_signature(request, authorization, dates)
+            reference = _xml_reference(request.body)
+        else:
+            raise Unauthorized("no X-Signature or Authorization header")
+        self._check_date_skew(dates)
+        return Accepted(reference, request.uri, keep_headers(headers, _KEPT_HEADERS))
+
+    def _check_json_signature(self, request: Incoming, given: str, dates: list[str]) -> None:
+        digests = _body_digests(request.body)
+        candidates = [
+            _signature(self._secret, "POST", digest, JSON_CONTENT_TYPE, date, request.uri, False)
+            for date in dates
+            for digest in digests.values()
+        ]
+        if not _matches_any(given, candidates):
+            raise Unauthorized("X-Signature does not match")
+
+    def _check_xml_signature(self, request: Incoming, given: str, dates: list[str]) -> None:
+        if self._api_key is None:
+            raise Unauthorized("legacy XML callback, but no api_key is configured")
+        given = given.strip().removeprefix("Authorization:").strip()
+        digests = _body_digests(request.body)
+        candidates = []
+        for date in dates:
+            for kind, digest in digests.items():
+                signature = _signature(
+                    self._secret, "POST", digest, XML_CONTENT_TYPE, date, request.uri, True
+                )
+                candidates.append(f"Gateway {self._api_key}:{signature}")
+                if kind == "md5":
+                    candidates.append(f"IxoPay {self._api_key}:{signature}")
+        if not _matches_any(given, candidates):
+            raise Unauthorized("Authorization signature does not match")
+
+    def _check_date_skew(self, dates: list[str]) -> None:
+        if self._max_skew is None:
+            return
+        now = datetime.now(UTC)
+        for date in dates:
+            try:
+                sent = parsedate_to_datetime(date)
+            except (TypeError, ValueError):
+                continue
+            if sent.tzinfo is None:
+                sent = sent.replace(tzinfo=UTC)
+            if abs((now - sent).total_seconds()) <= self._max_skew:
+                return
+        raise Unauthorized("Date is missing or outside max_date_skew")
+
+
+def _dates(headers: Mapping[str, str]) -> list[str]:
+    """X-Date (the docs' precedence), then Date (the SDK's); an absent one signs as ''."""
+    dates = [headers[name] for name in ("x-date", "date") if name in headers]
+    return list(dict.fromkeys(dates)) or [""]
+
+
+def _matches_any(given: str, candidates: list[str]) -> bool:
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    matched = False
+    for candidate in candidates:  # no early exit: every candidate costs the same
+        matched |= hmac.compare_digest(given_bytes, candidate.encode())
+    return matched
+
+
+def _json_reference(body: bytes) -> str:
+    data = load_json_object(body)
+    for field in ("result", "transactionType"):
+        if not isinstance(data.get(field), str) or not data[field]:
+            raise Malformed(f"{field} is missing or not a string")
+    return _first_id(data, ("uuid", "merchantTransactionId"))
+
+
+def _xml_reference(body: bytes) -> str:
+    try:
+        root = ElementTree.fromstring(body)
+    except (ElementTree.ParseError, DefusedXmlException, ValueError):
+        raise Malformed("body is not well-formed XML") from None
+    if root.tag != f"{_XML_NAMESPACE}callback":
+        raise Malformed("the XML root is not an IXOPAY callback")
+    fields = {child.tag.removeprefix(_XML_NAMESPACE): (child.text or "").strip() for child in root}
+    for field in ("result", "transactionType"):
+        if not fields.get(field):
+            raise Malformed(f"{field} is missing")
+    return _first_id(fields, ("referenceId", "transactionId"))
+
+
+def _first_id(data: Mapping[str, Any], names: tuple[str, ...]) -> str:
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    raise Malformed(f"none of {', '.join(names)} is a usable id")

@@ -1,0 +1,269 @@
+"""The configuration file: one TOML file, read once at start-up and passed down.
+
+Where it comes from: `--config PATH`, else `PAYHOOKS_CONFIG`, else `./payhooks.toml`.
+`PAYHOOKS_REDIS_URL` overrides `redis_url`. A string value written as `"${NAME}"` is read
+from the environment variable NAME. Every problem becomes one `ConfigError` whose message
+names the key (`merchants.shop-eu.ixopay.shared_secret: ...`) and never a secret's value:
+pydantic's own messages are rebuilt without the offending input.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.errors import ConfigError
+
+DEFAULT_PATH = "payhooks.toml"
+_ID_PATTERN = r"^[a-z0-9-]{1,64}$"
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+Id = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+
+
+def parse_duration(value: object) -> float:
+    """`"5s"`, `"30m"`, `"2h"`, `"1d"`, `"250ms"` or a number of seconds, as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30s', '5m' or '2h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError("expected a duration such as '30s', '5m' or '2h'")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Network = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    BeforeValidator(lambda v: ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v),
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ProviderSection(_Section):
+    allowed_ips: tuple[Network, ...] = ()
+
+
+class IxopaySettings(_ProviderSection):
+    shared_secret: SecretStr
+    api_key: str | None = None  # needed only for legacy XML callbacks and the status API
+    username: str | None = None
+    password: SecretStr | None = None
+    base_url: AnyHttpUrl = AnyHttpUrl("https://gateway.ixopay.com")
+    verify_with_status_api: bool = False
+    max_date_skew: Duration | None = None
+
+    @field_validator("shared_secret")
+    @classmethod
+    def _not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+
+def _key_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class IfthenpaySettings(_ProviderSection):
+    # One key per ifthenpay account (entity, MB WAY key, ...); a list when a shop has several.
+    anti_phishing_key: Annotated[
+        tuple[SecretStr, ...], BeforeValidator(_key_list), Field(min_length=1)
+    ]
+    backoffice_key: SecretStr | None = None
+    base_url: AnyHttpUrl = AnyHttpUrl("https://api.ifthenpay.com")
+
+    @field_validator("anti_phishing_key")
+    @classmethod
+    def _keys_long_enough(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(key.get_secret_value()) < 8 for key in keys):
+            raise ValueError("an anti-phishing key must have at least 8 characters")
+        return keys
+
+
+class NetaxeptSettings(_ProviderSection):
+    merchant_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
+    token: SecretStr
+    base_url: AnyHttpUrl = AnyHttpUrl("https://epayment.nets.eu")
+    callback_username: str | None = None
+    callback_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> NetaxeptSettings:
+        if (self.callback_username is None) != (self.callback_password is None):
+            raise ValueError("callback_username and callback_password go together")
+        return self
+
+
+class PayexSettings(_ProviderSection):
+    token: SecretStr
+    base_url: AnyHttpUrl = AnyHttpUrl("https://api.payex.com")
+
+
+class HookSettings(_Section):
+    id: Id
+    url: AnyHttpUrl
+    secret: Annotated[tuple[SecretStr, ...], BeforeValidator(_key_list), Field(min_length=1)]
+    events: tuple[str, ...] = ("*",)
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for secret in secrets:
+            if not re.fullmatch(r"whsec_[A-Za-z0-9+/]{16,}={0,2}", secret.get_secret_value()):
+                raise ValueError("expected 'whsec_' followed by a base64 key of 12 bytes or more")
+        return secrets
+
+
+class MerchantSettings(_Section):
+    ixopay: IxopaySettings | None = None
+    ifthenpay: IfthenpaySettings | None = None
+    netaxept: NetaxeptSettings | None = None
+    payex: PayexSettings | None = None
+    hooks: tuple[HookSettings, ...] = ()
+
+    @field_validator("hooks")
+    @classmethod
+    def _unique_hook_ids(cls, hooks: tuple[HookSettings, ...]) -> tuple[HookSettings, ...]:
+        ids = [hook.id for hook in hooks]
+        if len(ids) != len(set(ids)):
+            raise ValueError("hook ids must be unique within a merchant")
+        return hooks
+
+    def providers(self) -> dict[str, _ProviderSection]:
+        """The configured provider sections by provider name."""
+        sections = {
+            "ixopay": self.ixopay,
+            "ifthenpay": self.ifthenpay,
+            "netaxept": self.netaxept,
+            "payex": self.payex,
+        }
+        return {name: section for name, section in sections.items() if section is not None}
+
+
+class IngressSettings(_Section):
+    host: str = "0.0.0.0"  # noqa: S104 - a callback receiver listens on all interfaces
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    # Peers allowed to tell the client address (X-Forwarded-For) and the original request
+    # target (X-Original-URI, which the IXOPAY signature covers). Empty: trust no header.
+    trusted_proxies: tuple[Network, ...] = ()
+
+
+class DeliverySettings(_Section):
+    retry_schedule: tuple[Duration, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    timeout: Duration = 15.0
+    allow_private_networks: bool = False
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section):
+    redis_url: Annotated[str, StringConstraints(pattern=r"^(redis|rediss|unix)://")] = (
+        "redis://localhost:6379/0"
+    )
+    ingress: IngressSettings = IngressSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    logging: LoggingSettings = LoggingSettings()
+    merchants: dict[Id, MerchantSettings] = {}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, expand and validate the config file; raise ConfigError naming the key."""
+    environ = os.environ if environ is None else environ
+    file = Path(path or environ.get("PAYHOOKS_CONFIG") or DEFAULT_PATH)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.__class__.__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return settings_from_dict(raw, environ, source=str(file))
+
+
+def settings_from_dict(
+    raw: dict[str, Any], environ: Mapping[str, str] | None = None, source: str = "config"
+) -> Settings:
+    """Validate an already-parsed config, as load_settings does after reading the file."""
+    environ = os.environ if environ is None else environ
+    expanded = _expand(raw, environ, (), source)
+    if environ.get("PAYHOOKS_REDIS_URL"):
+        expanded["redis_url"] = environ["PAYHOOKS_REDIS_URL"]
+    try:
+        return Settings.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _expand(value: Any, environ: Mapping[str, str], key: tuple[str | int, ...], source: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, environ, (*key, k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, environ, (*key, i), source) for i, v in enumerate(value)]
+    if isinstance(value, str) and (match := _ENV_REF.match(value)):
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(
+                f"{source}: {_dotted(key)}: environment variable {name} is not set"
+            )
+        return environ[name]
+    return value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = _dotted(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "required key is missing"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {location}: {message}")
+    return "\n".join(lines)
+
+
+def _dotted(location: tuple[str | int, ...]) -> str:
+    parts: list[str] = []
+    for part in location:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part in {"function-before[_key_list(), tuple[SecretStr, ...]]"}:
+            continue
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts) or "(top level)"

@@ -1,0 +1,1 @@
+"""RQ workers: follow-up queries, canonical events, deduplication and delivery."""
