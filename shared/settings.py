@@ -262,8 +262,8 @@ def _dotted(location: tuple[str | int, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             parts.append(f"[{part}]")
-        elif part in {"function-before[_key_list(), tuple[SecretStr, ...]]"}:
-            continue
+        elif part == "[key]":
+            parts.append(" (the name)")
         else:
             parts.append(("." if parts else "") + str(part))
     return "".join(parts) or "(top level)"

@@ -1,0 +1,105 @@
+"""Test configuration and helpers that build correct callbacks, as a provider would send them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+import zlib
+from typing import Any
+
+import redis
+
+from shared.models import Callback
+from shared.providers import ixopay
+
+IXOPAY_SECRET = "ixopay-shared-secret-for-tests"
+IXOPAY_API_KEY = "api-key-for-tests"
+IFTHENPAY_KEY = "anti-phishing-key-for-tests"
+NETAXEPT_USER = "netaxept-callback"
+NETAXEPT_PASSWORD = "netaxept-password-for-tests"
+DATE = "Thu, 23 Mar 2023 10:34:47 GMT"
+
+MERCHANT_CONFIG: dict[str, Any] = {
+    "shop-eu": {
+        "ixopay": {"shared_secret": IXOPAY_SECRET, "api_key": IXOPAY_API_KEY},
+        "ifthenpay": {"anti_phishing_key": IFTHENPAY_KEY},
+        "netaxept": {
+            "merchant_id": "12002835",
+            "token": "netaxept-token-for-tests",
+            "callback_username": NETAXEPT_USER,
+            "callback_password": NETAXEPT_PASSWORD,
+        },
+        "payex": {"token": "payex-token-for-tests"},
+        "hooks": [{"id": "orders", "url": "http://127.0.0.1:9/hook",
+                   "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}],
+    },
+    "open-shop": {
+        "netaxept": {"merchant_id": "1", "token": "netaxept-token-for-tests"},
+    },
+    "walled-shop": {
+        "payex": {"token": "payex-token-for-tests", "allowed_ips": ["20.91.170.120/29"]},
+        "netaxept": {"merchant_id": "2", "token": "netaxept-token-for-tests",
+                     "allowed_ips": ["127.0.0.1"]},
+    },
+}
+
+SECRETS = (IXOPAY_SECRET, IFTHENPAY_KEY, NETAXEPT_PASSWORD, "netaxept-token-for-tests",
+           "payex-token-for-tests", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+
+
+def ixopay_body(result: str = "OK", transaction_type: str = "DEBIT", **extra: Any) -> bytes:
+    data = {
+        "result": result,
+        "uuid": uuid.uuid4().hex[:20],
+        "merchantTransactionId": f"order-{uuid.uuid4().hex[:8]}",
+        "transactionType": transaction_type,
+        "paymentMethod": "Creditcard",
+        "amount": "9.99",
+        "currency": "EUR",
+        **extra,
+    }
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def ixopay_headers(
+    body: bytes, uri: str, secret: str = IXOPAY_SECRET, body_hash: ixopay.BodyHash = "sha512",
+    date: str = DATE,
+) -> dict[str, str]:
+    return {
+        "Content-Type": ixopay.JSON_CONTENT_TYPE,
+        "Date": date,
+        "X-Signature": ixopay.sign(secret, body, date, uri, body_hash=body_hash),
+    }
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+NETAXEPT_AUTH = {"Authorization": basic(NETAXEPT_USER, NETAXEPT_PASSWORD)}
+
+PAYMENT = "/psp/creditcard/payments/5adc265f-f87f-4313-577e-08d3dca1a26c"
+CAPTURE = f"{PAYMENT}/captures/12345678-1234-1234-1234-123456789012"
+ORDER = "/psp/paymentorders/34761895-d1e4-412a-0a30-08dc43423140"
+PAYEX_BODIES: dict[str, dict[str, Any]] = {
+    "instrument": {"payment": {"id": PAYMENT, "number": 222222222},
+                   "transaction": {"id": CAPTURE, "number": 333333333}},
+    "payment order v3.0": {"paymentOrder": {"id": ORDER, "instrument": "CreditCard"},
+                           "payment": {"id": PAYMENT, "number": 222222222},
+                           "transaction": {"id": CAPTURE, "number": 333333333}},
+    "payment order v3.1": {"orderReference": "549213",
+                           "paymentOrder": {"id": ORDER, "instrument": "CreditCard",
+                                            "number": 12345678}},
+}
+
+
+def queued_callbacks(client: redis.Redis) -> list[Callback]:
+    """The callbacks on the `callbacks` queue, oldest first, read as a worker would."""
+    callbacks = []
+    for job_id in client.lrange("rq:queue:callbacks", 0, -1):
+        data = client.hget(b"rq:job:" + job_id, "data")
+        assert data is not None
+        _func, _instance, args, _kwargs = json.loads(zlib.decompress(data))
+        callbacks.append(Callback.model_validate_json(json.dumps(args[0])))
+    return callbacks

@@ -1,0 +1,67 @@
+"""The ingress's jobs are RQ's jobs: same fields as Queue.enqueue, and a real worker runs them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK, JobTemplate
+
+SEEN: list[dict[str, Any]] = []
+
+
+def record(callback: dict[str, Any]) -> str:
+    SEEN.append(callback)
+    return str(callback["id"])
+
+
+def write(client: redis.Redis, template: JobTemplate, job_id: str, argument: object) -> None:
+    fields = template.job_hash(job_id, json.dumps(argument).encode(), f"job {job_id}")
+    pipe = client.pipeline(transaction=False)
+    pipe.sadd(template.queues_key, template.queue_key)
+    pipe.hset(template.job_key(job_id), mapping=fields)
+    pipe.rpush(template.queue_key, job_id)
+    pipe.execute()
+
+
+def test_a_template_job_has_the_fields_of_an_rq_enqueued_job(redis_client: redis.Redis) -> None:
+    argument = {"id": "cb_1", "body": "AAEC"}
+    queue = Queue(CALLBACKS, connection=redis_client, serializer=JSONSerializer)
+    options = dict(CALLBACK_JOB_OPTIONS)
+    theirs = queue.enqueue(PROCESS_CALLBACK, argument, job_id="theirs", description="job ours",
+                           job_timeout=options.pop("timeout"), **options)
+    write(redis_client, JobTemplate(CALLBACKS, PROCESS_CALLBACK, CALLBACK_JOB_OPTIONS), "ours",
+          argument)
+
+    ours_hash = redis_client.hgetall("rq:job:ours")
+    theirs_hash = redis_client.hgetall("rq:job:theirs")
+    assert ours_hash.keys() == theirs_hash.keys()
+    for field in ours_hash.keys() - {b"created_at", b"enqueued_at", b"data"}:
+        assert ours_hash[field] == theirs_hash[field], field
+    assert redis_client.lrange("rq:queue:callbacks", 0, -1) == [theirs.id.encode(), b"ours"]
+
+    ours = Job.fetch("ours", connection=redis_client, serializer=JSONSerializer)
+    theirs = Job.fetch(theirs.id, connection=redis_client, serializer=JSONSerializer)
+    assert (ours.func_name, ours.args, ours.kwargs) == (theirs.func_name, theirs.args, {})
+    assert ours.get_status() == JobStatus.QUEUED
+    assert (ours.retries_left, ours.retry_intervals) == (theirs.retries_left,
+                                                         theirs.retry_intervals)
+    assert ours.enqueued_at is not None and ours.created_at is not None
+
+
+def test_a_real_worker_runs_a_template_job(redis_client: redis.Redis) -> None:
+    SEEN.clear()
+    template = JobTemplate(CALLBACKS, "tests.test_queue.record", CALLBACK_JOB_OPTIONS)
+    write(redis_client, template, "cb_run_me", {"id": "cb_run_me", "body": "AAEC"})
+    queue = Queue(CALLBACKS, connection=redis_client, serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer)
+    assert worker.work(burst=True)
+    assert SEEN == [{"id": "cb_run_me", "body": "AAEC"}]
+    job = Job.fetch("cb_run_me", connection=redis_client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value() == "cb_run_me"
