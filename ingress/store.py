@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import StoreUnavailable
-from shared.queue import JobTemplate
+from shared.queue import JobFields, JobTemplate
 
 log = structlog.get_logger("payhooks.ingress")
 _COMMANDS_PER_JOB = 2
@@ -29,7 +28,7 @@ _COMMANDS_PER_JOB = 2
 @dataclass(slots=True)
 class _Pending:
     job_id: str
-    fields: dict[str, Any]
+    fields: JobFields
     done: asyncio.Future[None] = field(repr=False)
 
 

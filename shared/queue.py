@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis import Redis
+from redis.typing import EncodableT
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
+
+JobFields: TypeAlias = dict[EncodableT, EncodableT]
 
 CALLBACKS = "callbacks"
 DELIVERIES = "deliveries"
@@ -54,7 +57,7 @@ class JobTemplate:
         )
         prototype.origin = queue
         prototype.enqueued_at = now()
-        fields: dict[str, Any] = prototype.to_dict()
+        fields: JobFields = prototype.to_dict()
         fields["status"] = JobStatus.QUEUED.value
         for varying in ("data", "created_at", "enqueued_at", "description"):
             fields.pop(varying)
@@ -64,7 +67,7 @@ class JobTemplate:
         self.queue_key: str = rq_queue.key
         self.queues_key: str = rq_queue.redis_queues_keys
 
-    def job_hash(self, job_id: str, argument_json: bytes, description: str) -> dict[str, Any]:
+    def job_hash(self, job_id: str, argument_json: bytes, description: str) -> JobFields:
         """The fields of rq:job:<job_id> for a job called with one JSON argument."""
         stamp = utcformat(now())
         data = self._data_prefix + argument_json + b"], {}]"

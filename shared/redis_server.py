@@ -62,7 +62,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     appendonly: bool = False
     appendfsync: str = "everysec"
-    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="payhooks-redis-")))
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="payhooks-")))
     process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -170,8 +170,8 @@ class MerchantSettings(_Section):
 
 class IngressSettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - a callback receiver listens on all interfaces
-    port: int = Field(8080, ge=1, le=65535)
-    max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     # Peers allowed to tell the client address (X-Forwarded-For) and the original request
     # target (X-Original-URI, which the IXOPAY signature covers). Empty: trust no header.
     trusted_proxies: tuple[Network, ...] = ()

@@ -20,8 +20,6 @@ from shared.redis_server import RedisServer, answers
 from shared.settings import Settings, settings_from_dict
 from tests.helpers import MERCHANT_CONFIG
 
-pytest_plugins = ["aiohttp.pytest_plugin"]
-
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

@@ -94,12 +94,17 @@ PAYEX_BODIES: dict[str, dict[str, Any]] = {
 }
 
 
+def raw(value: object) -> bytes:
+    """A value read from Redis (decode_responses off): always bytes."""
+    assert isinstance(value, bytes)
+    return value
+
+
 def queued_callbacks(client: redis.Redis) -> list[Callback]:
     """The callbacks on the `callbacks` queue, oldest first, read as a worker would."""
     callbacks = []
     for job_id in client.lrange("rq:queue:callbacks", 0, -1):
-        data = client.hget(b"rq:job:" + job_id, "data")
-        assert data is not None
+        data = raw(client.hget(b"rq:job:" + raw(job_id), "data"))
         _func, _instance, args, _kwargs = json.loads(zlib.decompress(data))
         callbacks.append(Callback.model_validate_json(json.dumps(args[0])))
     return callbacks

@@ -41,7 +41,10 @@ class Provider(Protocol):
     name: ClassVar[str]  # used in the ingress route and in logs
     method: ClassVar[str]  # the HTTP method the provider calls with
     ack_body: ClassVar[str]  # the body of the 200 answer the provider expects
-    allowed_ips: Sequence[Any]
+    @property
+    def allowed_ips(self) -> Sequence[Any]:
+        """Source networks allowed to send this merchant's callbacks; empty means any."""
+        ...
 
     def verify(self, request: Incoming) -> Accepted:
         """Raise Unauthorized or Malformed unless the request is a genuine callback."""

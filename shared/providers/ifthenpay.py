@@ -120,7 +120,7 @@ def parse_datetime(value: str) -> datetime:
     """`dd-MM-yyyy HH:mm:ss` (or the legacy form without the space), naive local time."""
     for form in _DATETIME_FORMATS:
         try:
-            return datetime.strptime(value, form)  # noqa: DTZ007 - ifthenpay sends local time
+            return datetime.strptime(value, form)
         except ValueError:
             continue
     raise Malformed("payment_datetime is not dd-MM-yyyy HH:mm:ss")
