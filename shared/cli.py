@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     ingress.add_argument("--port", type=int, help="override [ingress] port")
     ingress.set_defaults(run=_ingress)
 
+    dev = commands.add_parser("dev", help="Redis and the ingress on this machine, to try it out")
+    dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
+    dev.set_defaults(run=_dev)
+
     check = commands.add_parser("check-config", parents=[config], help="validate a config file")
     check.set_defaults(run=_check_config)
 
@@ -63,6 +67,12 @@ def _ingress(args: argparse.Namespace) -> int:
     settings = _settings(args)
     serve(settings, host=args.host, port=args.port)
     return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from shared.dev import run
+
+    return run(port=args.port)
 
 
 def _check_config(args: argparse.Namespace) -> int:
