@@ -1,22 +1,19 @@
-"""`payhooks bench ingress`: how many callbacks/s one ingress process takes, next to a bare handler.
+"""`payhooks bench ingress`: callbacks/s of one ingress process, next to a bare aiohttp handler.
 
-For each provider the benchmark builds 1,000 distinct valid callbacks (a fresh id in each,
-IXOPAY ones signed), and `wrk` cycles through them with a Lua script, first against a bare
-aiohttp server on uvloop that reads the body and answers `OK`, then against the real
-ingress (`payhooks ingress`, canonical log line on, in JSON, to /dev/null). The ratio of
-the two throughputs is the share of a core's plain HTTP capacity the ingress keeps while it
-verifies, builds the RQ job and waits for Redis. Each measured run follows a 1 s warm-up,
-and the bare run comes right before the ingress run of the same provider, so the two are
-close in time. Latencies are wrk's (`--latency`), per request, under that load.
+Per provider, 1,000 distinct valid callbacks (fresh ids; IXOPAY's signed) are cycled by
+`wrk` through a Lua script: first against a bare aiohttp server on uvloop that reads the
+body and answers `OK`, right after against the real ingress (`payhooks ingress`, canonical
+log line on, JSON, to /dev/null). The ratio of the two throughputs is the share of a core's
+plain HTTP capacity the ingress keeps while it verifies, builds the RQ job and waits for
+Redis. Each run follows a 1 s warm-up; latencies are wrk's, per request, under that load.
 
-Cores on a 2-core machine: both servers are pinned to the first CPU (only one is loaded at
-a time), and wrk and our own Redis (no persistence) share the second, so the server's core
-runs nothing but the Python process being measured. Redis's work counts as I/O wait for
-the ingress, as it would with Redis on another host.
+Cores: both servers are pinned to the first CPU (only one is loaded at a time); wrk and a
+Redis of our own (no persistence) share the second, so the server's core runs nothing but
+the Python process under test, and Redis counts as I/O wait, as on another host.
 
-A run fails (exit code 1) when any answer is not 2xx, a socket error occurs, or Redis holds
-fewer jobs on `rq:queue:callbacks` than the ingress answered 2xx: every request is valid.
-The speed target (IXOPAY ratio >= 0.50, p99 <= 10 ms) is reported, not enforced.
+Exit code 1 when any answer is not 2xx, a socket error occurs, or `rq:queue:callbacks`
+holds fewer jobs than the ingress answered 2xx: every request is valid. The speed target
+(IXOPAY ratio >= 0.50, p99 <= 10 ms) is reported, not enforced.
 """
 
 from __future__ import annotations
@@ -50,12 +47,11 @@ from shared.redis_server import RedisServer, free_port
 from shared.settings import load_settings, settings_from_dict
 
 MERCHANT = "bench"
-IXOPAY_SECRET = "bench-ixopay-shared-secret"
+IXOPAY_SECRET = "bench-ixopay-shared-secret"  # noqa: S105 - a benchmark-only secret
 IFTHENPAY_KEY = "bench-anti-phishing-key"
 REQUESTS_PER_PROVIDER = 1000
 WARMUP_SECONDS = 1.0
-TARGET_RATIO = 0.50
-TARGET_P99_MS = 10.0
+TARGET_RATIO, TARGET_P99_MS = 0.50, 10.0
 _PROJECT = Path(__file__).resolve().parent.parent
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _LUA_SCRIPT = """\
@@ -106,7 +102,7 @@ class Row:
     provider: str
     bare: WrkResult
     ingress: WrkResult
-    stored: int
+    stored: int  # LLEN rq:queue:callbacks after the ingress run
 
     @property
     def ok(self) -> bool:
@@ -115,14 +111,12 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    wrk: str
-    duration: float
-    connections: int
+    wrk: list[str]  # wrk and the options every run shares
     load_cpu: int
-    directory: Path
     bare_url: str
     ingress_url: str
     redis: redis.Redis
+    directory: Path
 
 
 def _ixopay(n: int) -> Request:
@@ -163,3 +157,260 @@ def _payex(n: int) -> Request:
 BUILDERS: dict[str, Callable[[int], Request]] = {
     "ixopay": _ixopay, "ifthenpay": _ifthenpay, "netaxept": _netaxept, "payex": _payex,
 }
+
+
+def _lua(data: str | bytes) -> str:
+    data = data.encode() if isinstance(data, str) else data
+    return '"' + "".join(chr(b) if 32 <= b < 127 and b not in b'\\"' else f"\\{b:03d}"
+                         for b in data) + '"'
+
+
+def write_requests(requests: Sequence[Request], path: Path) -> None:
+    """A Lua chunk returning {method, path, headers, body} tables, for the wrk script."""
+    lines = ["return {"]
+    for r in requests:
+        headers = ", ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in r.headers.items())
+        body = "nil" if r.body is None else _lua(r.body)
+        lines.append(f"{{{_lua(r.method)}, {_lua(r.path)}, {{{headers}}}, {body}}},")
+    path.write_text("\n".join([*lines, "}", ""]), encoding="ascii")
+
+
+def _toml(table: dict[str, Any], name: str = "") -> list[str]:
+    """TOML for nested tables of strings (json.dumps quotes a string as TOML does)."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in table.items()
+             if not isinstance(value, dict)]
+    if name and lines:
+        lines.insert(0, f"[{name}]")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines += _toml(value, f"{name}.{key}" if name else key)
+    return lines
+
+
+def write_config(redis_url: str, path: Path) -> None:
+    """The ingress config: one merchant with all four providers, JSON log lines at info."""
+    raw: dict[str, Any] = {
+        "redis_url": redis_url,
+        "logging": {"level": "info", "format": "json"},
+        "merchants": {MERCHANT: {
+            "ixopay": {"shared_secret": IXOPAY_SECRET},
+            "ifthenpay": {"anti_phishing_key": IFTHENPAY_KEY},
+            "netaxept": {"merchant_id": "12002835", "token": "bench-netaxept-token"},
+            "payex": {"token": "bench-payex-token"},
+        }},
+    }
+    settings = settings_from_dict(raw, environ={})
+    path.write_text("\n".join([*_toml(raw), ""]), encoding="utf-8")
+    if load_settings(path, environ={}) != settings:
+        raise BenchError(f"{path} does not read back as the settings it was written from")
+
+
+def ensure_wrk() -> str | None:
+    """The path of wrk, installing Debian's package when root and it is missing."""
+    found = shutil.which("wrk")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=False)
+    return shutil.which("wrk")
+
+
+def _pin(cpu: int) -> Callable[[], None]:
+    return functools.partial(os.sched_setaffinity, 0, {cpu})
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _healthy(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def start_server(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Path) -> str:
+    """Start a server pinned to `cpu` (its last argument is its port); its URL once healthy."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYHOOKS_")}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+                                   cwd=_PROJECT, preexec_fn=_pin(cpu))
+    stack.callback(_stop, process)
+    port, deadline = int(argv[-1]), time.monotonic() + 30
+    while not _healthy(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise BenchError(f"{' '.join(argv[2:4])} did not start on port {port}:\n{tail}")
+        time.sleep(0.1)
+    return f"http://127.0.0.1:{port}"
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """The figures of wrk's report (run with --latency), latencies in ms."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE)
+    latency = {p: float(v) * _UNIT_MS[u] for p, v, u in
+               re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.M)}
+    if rps is None or total is None or set(latency) != {"50", "99"}:
+        raise BenchError(f"cannot read wrk's report:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       output)
+    return WrkResult(
+        requests=int(total.group(1)), rps=float(rps.group(1)),
+        p50_ms=latency["50"], p99_ms=latency["99"],
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+    )
+
+
+def run_wrk(setup: Setup, url: str, requests: Path, seconds: float) -> WrkResult:
+    argv = [*setup.wrk, f"-d{seconds:g}s", url, "--", str(requests)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
+                          preexec_fn=_pin(setup.load_cpu), check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+def bench_provider(setup: Setup, provider: str, seconds: float) -> Row:
+    """Warm both servers up, empty the queue, then measure bare and ingress back to back."""
+    requests = setup.directory / f"{provider}.lua"
+    write_requests([BUILDERS[provider](n) for n in range(REQUESTS_PER_PROVIDER)], requests)
+    run_wrk(setup, setup.bare_url, requests, WARMUP_SECONDS)
+    run_wrk(setup, setup.ingress_url, requests, WARMUP_SECONDS)
+    time.sleep(0.2)  # let the warm-up's last requests land before the queue is emptied
+    setup.redis.flushdb()
+    bare = run_wrk(setup, setup.bare_url, requests, seconds)
+    ingress = run_wrk(setup, setup.ingress_url, requests, seconds)
+    return Row(provider, bare, ingress, int(setup.redis.llen("rq:queue:callbacks")))
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def header(setup: Setup, seconds: float, connections: int, server_cpu: int) -> str:
+    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    return (
+        f"payhooks ingress benchmark: {connections} connections, {seconds:g} s per run, wrk "
+        f"on CPU {setup.load_cpu}, server on CPU {server_cpu}, Redis "
+        f"{setup.redis.info('server')['redis_version']} (no persistence, on CPU {setup.load_cpu})"
+        f"\nmachine: {os.cpu_count()} cores, {model.group(1) if model else 'unknown CPU'}, "
+        f"Python {platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop "
+        f"{_version('uvloop')}; {REQUESTS_PER_PROVIDER} distinct requests per provider\n"
+        f"{'provider':<10}{'bare req/s':>12}{'ingress req/s':>15}{'ratio':>7}{'p50 ms':>8}"
+        f"{'p99 ms':>8}{'bare p99 ms':>13}  stored"
+    )
+
+
+def format_row(row: Row) -> str:
+    b, i = row.bare, row.ingress
+    ratio = i.rps / b.rps if b.rps else 0.0
+    stored = "ok" if row.stored >= i.answered_2xx else "MISSING"
+    failures = "".join(f"; {label}: {r.non_2xx} non-2xx, {r.socket_errors} socket errors"
+                       for label, r in (("bare", b), ("ingress", i)) if not r.ok)
+    return (f"{row.provider:<10}{b.rps:>12.1f}{i.rps:>15.1f}{ratio:>7.2f}{i.p50_ms:>8.2f}"
+            f"{i.p99_ms:>8.2f}{b.p99_ms:>13.2f}  {row.stored}/{i.answered_2xx} {stored}{failures}")
+
+
+def summary(rows: list[Row]) -> list[str]:
+    """The stored check, and the target when IXOPAY was measured."""
+    short = [r.provider for r in rows if r.stored < r.ingress.answered_2xx]
+    lines = [f"stored check: LLEN rq:queue:callbacks >= ingress 2xx answers for every provider: "
+             f"{'ok' if not short else 'JOBS MISSING for ' + ', '.join(short)}"]
+    for row in rows:
+        if row.provider == "ixopay" and row.bare.rps:
+            met = (row.ingress.rps / row.bare.rps >= TARGET_RATIO
+                   and row.ingress.p99_ms <= TARGET_P99_MS)
+            lines.append(f"target: ixopay ratio >= {TARGET_RATIO:.2f} and p99 <= "
+                         f"{TARGET_P99_MS:g} ms: {'met' if met else 'NOT met'}")
+    return lines
+
+
+def _start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int]) -> Setup:
+    """Redis, the ingress and the bare server, each stopped when `stack` closes."""
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="payhooks-bench-")))
+    server = RedisServer()
+    process = stack.enter_context(server).process
+    if process is not None:  # pin every thread: Redis starts its I/O threads early
+        for task in Path(f"/proc/{process.pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {cpus[1]})
+    client = stack.enter_context(redis.Redis.from_url(server.url))
+    write_config(server.url, directory / "payhooks.toml")
+    (directory / "requests.lua").write_text(_LUA_SCRIPT, encoding="ascii")
+    ingress = start_server(stack, [sys.executable, "-m", "shared.cli", "ingress", "--config",
+                                   str(directory / "payhooks.toml"), "--host", "127.0.0.1",
+                                   "--port", str(free_port())], cpus[0], directory / "ingress.log")
+    bare = start_server(stack, [sys.executable, "-m", "ingress.bench", "--bare", str(free_port())],
+                        cpus[0], directory / "bare.log")
+    wrk = [*wrk, "--latency", "-s", str(directory / "requests.lua")]
+    return Setup(wrk, cpus[1], bare, ingress, client, directory)
+
+
+def run(duration: float, connections: int, providers: list[str]) -> int:
+    """Run the benchmark and print its table; 0 when every request was answered and stored."""
+    unknown = [p for p in providers if p not in BUILDERS]
+    if unknown or not providers:
+        print(f"bench: unknown providers {unknown}; choose from {', '.join(BUILDERS)}",
+              file=sys.stderr)
+        return 2
+    wrk = ensure_wrk()
+    if wrk is None:
+        print("bench: the load generator wrk is not installed and could not be installed "
+              "(as root: apt-get install wrk)", file=sys.stderr)
+        return 2
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = (allowed[0], allowed[-1])  # the same CPU on a one-CPU machine
+    rows: list[Row] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            setup = _start(stack, [wrk, "-t1", f"-c{connections}"], cpus)
+            print(header(setup, duration, connections, cpus[0]), flush=True)
+            for provider in providers:
+                rows.append(bench_provider(setup, provider, duration))
+                print(format_row(rows[-1]), flush=True)
+    except (BenchError, redis.RedisError) as exc:
+        print(f"bench: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(summary(rows)))
+    return 0 if all(row.ok for row in rows) else 1
+
+
+def serve_bare(port: int) -> None:
+    """The baseline: aiohttp on uvloop, as the ingress runs, reading the body and answering OK."""
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="OK", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    try:
+        import uvloop
+    except ImportError:  # as the ingress does: the standard loop where uvloop is missing
+        loop = None
+    else:
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--bare"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m ingress.bench --bare PORT")
+    serve_bare(int(sys.argv[2]))

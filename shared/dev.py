@@ -78,4 +78,4 @@ def run(port: int = 8080) -> int:
             ingress.terminate()
             ingress.wait(timeout=15)
         if server is not None:
-            server.stop()
+            server.close()

@@ -62,14 +62,17 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     appendonly: bool = False
     appendfsync: str = "everysec"
-    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="payhooks-")))
+    directory: Path | None = None  # default: a temporary folder, removed by close()
     process: subprocess.Popen[bytes] | None = None
+    _temporary: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        if self.directory is None:
+            self._temporary = self.directory = Path(tempfile.mkdtemp(prefix="payhooks-redis-"))
         argv = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--dir", str(self.directory), "--daemonize", "no",
@@ -94,8 +97,15 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
+    def close(self) -> None:
+        """Stop the server and remove the temporary folder it kept its files in."""
+        self.stop()
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
+            self._temporary = self.directory = None
+
     def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.close()

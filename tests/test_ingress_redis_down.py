@@ -62,4 +62,4 @@ async def test_redis_down_means_503_for_every_provider_and_recovery_without_rest
         stored.close()
         assert len(job_ids) == 2, descriptions  # the two acknowledged, none of the 503s
     finally:
-        server.stop()
+        server.close()
