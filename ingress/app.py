@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -32,10 +35,7 @@ PROVIDER_CLASSES = (Ixopay, Ifthenpay, Netaxept, Payex)
 
 def create_app(settings: Settings) -> web.Application:
     """The ingress for these settings; Redis is connected when the app starts."""
-    app = web.Application(
-        client_max_size=settings.ingress.max_body_bytes,
-        middlewares=[handlers.never_500],
-    )
+    app = web.Application(client_max_size=settings.ingress.max_body_bytes)
     app[SETTINGS] = settings
     app[MERCHANTS] = {
         merchant_id: build_providers(merchant)
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     }
     app[METRICS] = IngressMetrics()
     app.cleanup_ctx.append(_redis_and_store)
+    app.cleanup_ctx.append(_flush_stdout)
     for provider in PROVIDER_CLASSES:
         app.router.add_route(
             provider.method,
@@ -64,6 +65,22 @@ def connect_redis(url: str) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 2),
         health_check_interval=10,
     )
+
+
+async def _flush_stdout(app: web.Application) -> AsyncIterator[None]:
+    """Log lines are written unflushed (shared/logging.py); flush them twice a second."""
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            sys.stdout.flush()
+
+    task = asyncio.create_task(flush_forever(), name="payhooks-flush-stdout")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    sys.stdout.flush()
 
 
 async def _redis_and_store(app: web.Application) -> AsyncIterator[None]:

@@ -33,7 +33,11 @@ _OUTCOMES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 413: "too_
 
 def callback_handler(provider_name: str) -> Handler:
     async def receive_callback(request: web.Request) -> web.Response:
-        return await _receive(request, provider_name)
+        try:
+            return await _receive(request, provider_name)
+        except Exception:  # the one catch-all of this process: log it, answer, move on
+            log.exception("callback_failed", provider=provider_name, status=503)
+            return _text(503, "temporarily unavailable, retry later")
 
     return receive_callback
 
@@ -58,7 +62,7 @@ async def _receive(request: web.Request, provider_name: str) -> web.Response:
                  status=exc.status, reason=exc.reason)
         return _text(exc.status, exc.public_message if exc.status != 400 else
                      f"{exc.public_message}: {exc.reason}")
-    callback = Callback(
+    callback = Callback.model_construct(  # every field is built here, from checked values
         id=new_callback_id(),
         merchant=merchant,
         provider=provider_name,
@@ -93,7 +97,7 @@ async def _receive(request: web.Request, provider_name: str) -> web.Response:
 async def _incoming(request: web.Request, provider: Provider) -> Incoming:
     settings = request.app[app_keys.SETTINGS].ingress
     peer = request.remote or ""
-    trusted = _in_networks(peer, settings.trusted_proxies)
+    trusted = bool(settings.trusted_proxies) and _in_networks(peer, settings.trusted_proxies)
     source = _forwarded_for(request, settings.trusted_proxies) if trusted else peer
     if provider.allowed_ips and not _in_networks(source, provider.allowed_ips):
         raise Forbidden(f"source {source!r} not allowed")
@@ -164,14 +168,3 @@ async def metrics(request: web.Request) -> web.Response:
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
 
-
-@web.middleware
-async def never_500(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn anything unexpected into a logged 503: the provider will retry, nothing is lost."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception:  # the one catch-all of this process: log it, answer, move on
-        log.exception("callback_failed", path=request.path, status=503)
-        return _text(503, "temporarily unavailable, retry later")

@@ -1,11 +1,11 @@
-"""Writes callback jobs to Redis, one pipeline per batch, and says when each one is stored.
+"""Writes callback jobs to Redis in batches and says when each one is stored.
 
 A request hands its job to `JobStore.store` and waits. A single flusher task takes every
-job queued since its last round trip and sends them in one pipeline, then wakes each
-waiting request with its own outcome: stored, or `StoreUnavailable`. Under load a batch
-holds all the callbacks that arrived during the previous round trip, so Redis sees a few
-large pipelines instead of thousands of small writes. Nothing is acknowledged before Redis
-has answered for that job's commands.
+job queued since its last round trip and writes them with one call of the enqueue script
+(shared/queue.py), then wakes each waiting request: stored, or `StoreUnavailable`. Under
+load a batch holds all the callbacks that arrived during the previous round trip, so Redis
+sees a few large writes instead of thousands of small ones. Nothing is acknowledged before
+Redis has answered for the batch that holds the job.
 """
 
 from __future__ import annotations
@@ -19,30 +19,31 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import StoreUnavailable
-from shared.queue import JobFields, JobTemplate
+from shared.queue import ENQUEUE_SCRIPT, JobTemplate, PendingJob
 
 log = structlog.get_logger("payhooks.ingress")
-_COMMANDS_PER_JOB = 2
 
 
 @dataclass(slots=True)
 class _Pending:
-    job_id: str
-    fields: JobFields
+    job: PendingJob
     done: asyncio.Future[None] = field(repr=False)
 
 
 class JobStore:
     def __init__(self, redis: Redis, template: JobTemplate, max_batch: int = 512) -> None:
-        self._redis = redis
+        self._script = redis.register_script(ENQUEUE_SCRIPT)
         self._template = template
         self._max_batch = max_batch
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
+        self.jobs = 0
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._flush_forever(), name="payhooks-job-store")
 
     async def close(self) -> None:
@@ -50,16 +51,15 @@ class JobStore:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for pending in self._pending:
-            if not pending.done.done():
-                pending.done.set_exception(StoreUnavailable("ingress shutting down"))
+        _fail_all(self._pending, StoreUnavailable("ingress shutting down"))
         self._pending.clear()
 
     async def store(self, job_id: str, argument_json: bytes, description: str) -> None:
         """Return once Redis holds the job; raise StoreUnavailable if it does not."""
-        fields = self._template.job_hash(job_id, argument_json, description)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(job_id, fields, done))
+        assert self._loop is not None, "JobStore.start() was not awaited"
+        done: asyncio.Future[None] = self._loop.create_future()
+        job = (job_id, self._template.data(argument_json), description)
+        self._pending.append(_Pending(job, done))
         self._wakeup.set()
         await done
 
@@ -73,35 +73,24 @@ class JobStore:
                 await self._flush(batch)
 
     async def _flush(self, batch: list[_Pending]) -> None:
-        template = self._template
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.sadd(template.queues_key, template.queue_key)
-        for pending in batch:
-            pipe.hset(template.job_key(pending.job_id), mapping=pending.fields)
-            pipe.rpush(template.queue_key, pending.job_id)
+        args = self._template.script_args([pending.job for pending in batch])
         try:
-            results = await pipe.execute(raise_on_error=False)
+            await self._script(args=args)
         except (RedisError, OSError) as exc:
             log.warning("redis_write_failed", error=exc.__class__.__name__, jobs=len(batch))
-            _fail_all(batch, exc)
+            _fail_all(batch, StoreUnavailable(exc.__class__.__name__))
             return
         except asyncio.CancelledError:
             _fail_all(batch, StoreUnavailable("ingress shutting down"))
             raise
         self.batches += 1
-        for index, pending in enumerate(batch):
-            first = 1 + index * _COMMANDS_PER_JOB
-            errors = [r for r in results[first : first + _COMMANDS_PER_JOB]
-                      if isinstance(r, Exception)]
-            if pending.done.done():
-                continue  # the request went away; the job is stored all the same
-            if errors:
-                pending.done.set_exception(StoreUnavailable(errors[0].__class__.__name__))
-            else:
+        self.jobs += len(batch)
+        for pending in batch:
+            if not pending.done.done():  # else the request went away; the job is stored
                 pending.done.set_result(None)
 
 
-def _fail_all(batch: list[_Pending], exc: BaseException) -> None:
+def _fail_all(batch: list[_Pending], exc: StoreUnavailable) -> None:
     for pending in batch:
         if not pending.done.done():
-            pending.done.set_exception(StoreUnavailable(exc.__class__.__name__))
+            pending.done.set_exception(exc)

@@ -1,4 +1,6 @@
-"""The raw callback as the ingress accepted it: what travels on the `callbacks` queue.
+"""The models that cross layers: the raw `Callback`, a provider `Fact`, the `PaymentEvent`.
+
+`Callback` is the raw callback as the ingress accepted it: what travels on the `callbacks` queue.
 
 One model, unchanged from the ingress to the worker. `body` holds the bytes exactly as
 received (base64 in JSON), so a worker can verify again what the ingress verified. What
@@ -8,9 +10,14 @@ module asks for, and the request target with any key in it redacted.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,11 +39,95 @@ class Callback(BaseModel):
     reference: str  # the provider's id for the payment or transaction, for logs and lookups
 
 
+_id_prefix = secrets.token_hex(6)
+_id_counter = itertools.count()
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter  # per-process state, reset after fork
+    _id_prefix = secrets.token_hex(6)
+    _id_counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_callback_id(now: float | None = None) -> str:
-    """A unique id that sorts by receive time: 12 hex digits of ms, then 16 random."""
+    """A unique id that sorts by receive time: `cb_`, 12 hex digits of ms, a random
+    per-process prefix and a counter (no system call per id)."""
     millis = int((time.time() if now is None else now) * 1000)
-    return f"cb_{millis:012x}{secrets.token_hex(8)}"
+    return f"cb_{millis:012x}{_id_prefix}{next(_id_counter) & 0xFFFFFF:06x}"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class EventType(StrEnum):
+    """The canonical event types, dot-delimited as the Standard Webhooks spec suggests."""
+
+    PENDING = "payment.pending"
+    AUTHORIZED = "payment.authorized"
+    CAPTURED = "payment.captured"
+    REFUNDED = "payment.refunded"
+    VOIDED = "payment.voided"
+    FAILED = "payment.failed"
+    CHARGEBACK = "payment.chargeback"
+    CHARGEBACK_REVERSED = "payment.chargeback_reversed"
+
+    @property
+    def status(self) -> str:
+        return self.value.removeprefix("payment.")
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One thing the authoritative source says happened to a payment.
+
+    `key` tells facts apart: the same provider fact always has the same key (so its event
+    id is the same however often it is reported), another fact another key. A provider
+    reporting cumulative totals (Netaxept's AmountCaptured) sets `total_minor` instead of
+    `amount_minor`; the step amount is then the growth since the last recorded total.
+    """
+
+    type: EventType
+    key: str
+    payment_id: str
+    transaction_id: str
+    order_id: str | None = None
+    amount_minor: int | None = None
+    total_minor: int | None = None
+    currency: str | None = None
+    payment_method: str | None = None
+    occurred_at: datetime | None = None
+    provider_status: dict[str, Any] = field(default_factory=dict)
+
+
+class EventData(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    merchant: str
+    provider: str
+    transaction_id: str
+    payment_id: str
+    order_id: str | None
+    status: str
+    amount: str | None
+    amount_minor: int | None
+    currency: str | None
+    payment_method: str | None
+    occurred_at: datetime | None
+    received_at: datetime
+    sequence: int
+    provider_status: dict[str, Any]
+
+
+class PaymentEvent(BaseModel):
+    """The canonical event delivered to merchants (design.md section 5)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    type: EventType
+    timestamp: datetime
+    data: EventData

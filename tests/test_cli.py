@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -101,7 +102,10 @@ def test_the_ingress_process_serves_logs_without_secrets_and_stops_on_sigterm(
     finally:
         process.kill()
     assert process.returncode == 0
-    assert output.count('"event": "callback_received"') == 3
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    received = [line for line in lines if line["event"] == "callback_received"]
+    assert sorted(line["provider"] for line in received) == ["ifthenpay", "ixopay", "netaxept"]
+    assert all(line["status"] == 200 and line["callback_id"] for line in received)
     for secret in (IXOPAY_SECRET, IFTHENPAY_KEY, "netaxept-password-for-tests",
                    NETAXEPT_AUTH["Authorization"].split()[1]):
         assert secret not in output

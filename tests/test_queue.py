@@ -10,7 +10,13 @@ from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK, JobTemplate
+from shared.queue import (
+    CALLBACK_JOB_OPTIONS,
+    CALLBACKS,
+    ENQUEUE_SCRIPT,
+    PROCESS_CALLBACK,
+    JobTemplate,
+)
 
 SEEN: list[dict[str, Any]] = []
 
@@ -21,12 +27,9 @@ def record(callback: dict[str, Any]) -> str:
 
 
 def write(client: redis.Redis, template: JobTemplate, job_id: str, argument: object) -> None:
-    fields = template.job_hash(job_id, json.dumps(argument).encode(), f"job {job_id}")
-    pipe = client.pipeline(transaction=False)
-    pipe.sadd(template.queues_key, template.queue_key)
-    pipe.hset(template.job_key(job_id), mapping=fields)
-    pipe.rpush(template.queue_key, job_id)
-    pipe.execute()
+    """What the ingress's JobStore does for a batch, here for a batch of one."""
+    job = (job_id, template.data(json.dumps(argument).encode()), f"job {job_id}")
+    assert client.register_script(ENQUEUE_SCRIPT)(args=template.script_args([job])) == 1
 
 
 def test_a_template_job_has_the_fields_of_an_rq_enqueued_job(redis_client: redis.Redis) -> None:
@@ -52,6 +55,18 @@ def test_a_template_job_has_the_fields_of_an_rq_enqueued_job(redis_client: redis
     assert (ours.retries_left, ours.retry_intervals) == (theirs.retries_left,
                                                          theirs.retry_intervals)
     assert ours.enqueued_at is not None and ours.created_at is not None
+
+
+def test_a_batch_is_written_in_order_with_one_script_call(redis_client: redis.Redis) -> None:
+    template = JobTemplate(CALLBACKS, PROCESS_CALLBACK, CALLBACK_JOB_OPTIONS)
+    jobs = [(f"cb_{n}", template.data(b'{"n": %d}' % n), f"job {n}") for n in range(300)]
+    script = redis_client.register_script(ENQUEUE_SCRIPT)
+    assert script(args=template.script_args(jobs)) == 300
+    assert redis_client.lrange("rq:queue:callbacks", 0, -1) == [f"cb_{n}".encode()
+                                                                 for n in range(300)]
+    job = Job.fetch("cb_299", connection=redis_client, serializer=JSONSerializer)
+    assert job.args == [{"n": 299}]
+    assert job.description == "job 299"
 
 
 def test_a_real_worker_runs_a_template_job(redis_client: redis.Redis) -> None:
