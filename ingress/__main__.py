@@ -14,7 +14,7 @@ from shared.settings import Settings
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     """Run the ingress until SIGINT or SIGTERM; in-flight callbacks finish first."""
-    configure_logging(settings.logging, buffered=True)
+    configure_logging(settings.logging, buffered=True, contextvars=False)
     try:
         import uvloop
     except ImportError:  # not on this platform: the standard loop works, only slower

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from ingress import handlers
 from ingress.metrics import IngressMetrics
 from ingress.store import JobStore
+from shared.logging import flush_logs
 from shared.providers import build_providers
 from shared.providers.base import Provider
 from shared.providers.ifthenpay import Ifthenpay
@@ -68,19 +68,19 @@ def connect_redis(url: str) -> Redis:
 
 
 async def _flush_stdout(app: web.Application) -> AsyncIterator[None]:
-    """Log lines are written unflushed (shared/logging.py); flush them twice a second."""
+    """Log lines are buffered (shared/logging.py); write them out twice a second."""
 
     async def flush_forever() -> None:
         while True:
             await asyncio.sleep(0.5)
-            sys.stdout.flush()
+            flush_logs()
 
     task = asyncio.create_task(flush_forever(), name="payhooks-flush-stdout")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    sys.stdout.flush()
+    flush_logs()
 
 
 async def _redis_and_store(app: web.Application) -> AsyncIterator[None]:

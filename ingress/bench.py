@@ -27,6 +27,7 @@ import platform
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -285,17 +286,33 @@ def run_wrk(setup: Setup, url: str, requests: Path, seconds: float) -> WrkResult
     return parse_wrk(done.stdout)
 
 
-def bench_provider(setup: Setup, provider: str, seconds: float) -> Row:
-    """Warm both servers up, empty the queue, then measure bare and ingress back to back."""
+def bench_provider(setup: Setup, provider: str, seconds: float, rounds: int) -> Row:
+    """Warm both servers up, empty the queue, then measure bare and ingress back to back,
+    `rounds` times; each figure is the median of the rounds (this VM's speed drifts)."""
     requests = setup.directory / f"{provider}.lua"
     write_requests([BUILDERS[provider](n) for n in range(REQUESTS_PER_PROVIDER)], requests)
     run_wrk(setup, setup.bare_url, requests, WARMUP_SECONDS)
     run_wrk(setup, setup.ingress_url, requests, WARMUP_SECONDS)
     time.sleep(0.2)  # let the warm-up's last requests land before the queue is emptied
     setup.redis.flushdb()
-    bare = run_wrk(setup, setup.bare_url, requests, seconds)
-    ingress = run_wrk(setup, setup.ingress_url, requests, seconds)
-    return Row(provider, bare, ingress, int(setup.redis.llen("rq:queue:callbacks")))
+    bare, ingress = [], []
+    for _ in range(rounds):
+        bare.append(run_wrk(setup, setup.bare_url, requests, seconds))
+        ingress.append(run_wrk(setup, setup.ingress_url, requests, seconds))
+    return Row(provider, median_result(bare), median_result(ingress),
+               int(setup.redis.llen("rq:queue:callbacks")))
+
+
+def median_result(results: list[WrkResult]) -> WrkResult:
+    """Median rate and latencies of several runs; requests and errors added up."""
+    return WrkResult(
+        requests=sum(r.requests for r in results),
+        rps=statistics.median(r.rps for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors=sum(r.socket_errors for r in results),
+    )
 
 
 def _version(package: str) -> str:
@@ -305,10 +322,11 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def header(setup: Setup, seconds: float, connections: int, server_cpu: int) -> str:
+def header(setup: Setup, seconds: float, connections: int, server_cpu: int, rounds: int) -> str:
     model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
     return (
-        f"payhooks ingress benchmark: {connections} connections, {seconds:g} s per run, wrk "
+        f"payhooks ingress benchmark: {connections} connections, medians of {rounds} rounds of "
+        f"{seconds:g} s (bare, then ingress), wrk "
         f"on CPU {setup.load_cpu}, server on CPU {server_cpu}, Redis "
         f"{setup.redis.info('server')['redis_version']} (no persistence, on CPU {setup.load_cpu})"
         f"\nmachine: {os.cpu_count()} cores, {model.group(1) if model else 'unknown CPU'}, "
@@ -363,7 +381,7 @@ def _start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int]) -
     return Setup(wrk, cpus[1], bare, ingress, client, directory)
 
 
-def run(duration: float, connections: int, providers: list[str]) -> int:
+def run(duration: float, connections: int, providers: list[str], rounds: int = 3) -> int:
     """Run the benchmark and print its table; 0 when every request was answered and stored."""
     unknown = [p for p in providers if p not in BUILDERS]
     if unknown or not providers:
@@ -381,9 +399,9 @@ def run(duration: float, connections: int, providers: list[str]) -> int:
     try:
         with contextlib.ExitStack() as stack:
             setup = _start(stack, [wrk, "-t1", f"-c{connections}"], cpus)
-            print(header(setup, duration, connections, cpus[0]), flush=True)
+            print(header(setup, duration, connections, cpus[0], rounds), flush=True)
             for provider in providers:
-                rows.append(bench_provider(setup, provider, duration))
+                rows.append(bench_provider(setup, provider, duration, rounds))
                 print(format_row(rows[-1]), flush=True)
     except (BenchError, redis.RedisError) as exc:
         print(f"bench: {exc.__class__.__name__}: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from ingress import app as app_keys
 from shared.errors import CallbackRejected, Forbidden, StoreUnavailable, TooLarge
-from shared.models import Callback, new_callback_id, utcnow
+from shared.models import callback_json, new_callback_id, utcnow
 from shared.providers.base import Incoming, Provider
 from shared.queue import CALLBACKS, DELIVERIES
 
@@ -48,7 +48,7 @@ async def _receive(request: web.Request, provider_name: str) -> web.Response:
     metrics = request.app[app_keys.METRICS]
     provider = request.app[app_keys.MERCHANTS].get(merchant, {}).get(provider_name)
     if provider is None:
-        metrics.callbacks.labels(provider_name, "", "unknown_merchant").inc()
+        metrics.count(provider_name, "", "unknown_merchant")
         log.info("callback_rejected", provider=provider_name, merchant=merchant[:64],
                  status=404, reason="merchant or provider not configured")
         return _text(404, "unknown merchant or provider")
@@ -57,13 +57,14 @@ async def _receive(request: web.Request, provider_name: str) -> web.Response:
         accepted = provider.verify(incoming)
     except CallbackRejected as exc:
         outcome = _OUTCOMES[exc.status]
-        metrics.callbacks.labels(provider_name, merchant, outcome).inc()
+        metrics.count(provider_name, merchant, outcome)
         log.info("callback_rejected", provider=provider_name, merchant=merchant,
                  status=exc.status, reason=exc.reason)
         return _text(exc.status, exc.public_message if exc.status != 400 else
                      f"{exc.public_message}: {exc.reason}")
-    callback = Callback.model_construct(  # every field is built here, from checked values
-        id=new_callback_id(),
+    callback_id = new_callback_id()
+    callback = callback_json(
+        id=callback_id,
         merchant=merchant,
         provider=provider_name,
         method=incoming.method,
@@ -76,20 +77,18 @@ async def _receive(request: web.Request, provider_name: str) -> web.Response:
     )
     try:
         await request.app[app_keys.STORE].store(
-            callback.id,
-            callback.model_dump_json().encode(),
-            f"{provider_name} callback {callback.id} for {merchant}",
+            callback_id, callback, f"{provider_name} callback {callback_id} for {merchant}"
         )
     except StoreUnavailable as exc:
-        metrics.callbacks.labels(provider_name, merchant, "unavailable").inc()
+        metrics.count(provider_name, merchant, "unavailable")
         log.warning("callback_not_stored", provider=provider_name, merchant=merchant,
                     status=503, error=str(exc))
         return _text(503, "temporarily unavailable, retry later")
     elapsed = time.perf_counter() - started
-    metrics.callbacks.labels(provider_name, merchant, "accepted").inc()
-    metrics.ack_seconds.labels(provider_name).observe(elapsed)
+    metrics.count(provider_name, merchant, "accepted")
+    metrics.observe_ack(provider_name, elapsed)
     log.info("callback_received", provider=provider_name, merchant=merchant,
-             callback_id=callback.id, reference=accepted.reference, status=200,
+             callback_id=callback_id, reference=accepted.reference, status=200,
              duration_ms=round(elapsed * 1000, 3))
     return _text(200, provider.ack_body)
 
@@ -158,9 +157,11 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[app_keys.METRICS]
     redis = request.app[app_keys.REDIS]
+    store = request.app[app_keys.STORE]
+    app_metrics.store_batches, app_metrics.store_jobs = store.batches, store.jobs
     try:
         for queue in (CALLBACKS, DELIVERIES):
-            app_metrics.queue_depth.labels(queue).set(await redis.llen(f"rq:queue:{queue}"))
+            app_metrics.queue_depth[queue] = await redis.llen(f"rq:queue:{queue}")
     except (RedisError, OSError):
         pass  # the depth stays at its last reading; /readyz tells that Redis is down
     return web.Response(

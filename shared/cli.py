@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     bench_ingress.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     bench_ingress.add_argument("--connections", type=int, default=64)
     bench_ingress.add_argument("--providers", default="ixopay,ifthenpay,netaxept,payex")
-    bench_ingress.add_argument("--quick", action="store_true", help="2 s runs, for CI")
+    bench_ingress.add_argument("--rounds", type=int, default=3,
+                               help="bare/ingress pairs per provider; medians are reported")
+    bench_ingress.add_argument("--quick", action="store_true", help="one round of 2 s, for CI")
     bench_ingress.set_defaults(run=_bench_ingress)
     return parser
 
@@ -92,6 +94,7 @@ def _bench_ingress(args: argparse.Namespace) -> int:
         duration=2.0 if args.quick else args.duration,
         connections=args.connections,
         providers=[p for p in args.providers.split(",") if p],
+        rounds=1 if args.quick else args.rounds,
     )
 
 

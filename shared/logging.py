@@ -7,35 +7,74 @@ are never logged.
 
 Our own lines go straight from structlog to stdout, rendered by orjson: the stdlib route
 (a LogRecord, caller lookup, a formatter) cost the ingress a fifth of its CPU under load. With
-`buffered=True` lines are not flushed one by one; the ingress flushes stdout twice a second
-and at exit, so a line is at most half a second late.
+`buffered=True` lines are kept in memory and written together by `flush_logs`, which the
+ingress calls twice a second and at exit: a line is at most half a second late.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict
 
 from shared.settings import LoggingSettings
 
 
 class _StdoutLogger:
-    """Writes each rendered line to the current sys.stdout."""
+    """Writes each rendered line to sys.stdout at once, or (buffered) keeps it for `flush`."""
 
-    def __init__(self, flush: bool) -> None:
-        self._flush = flush
+    def __init__(self, buffered: bool) -> None:
+        self._buffered = buffered
+        self._lines: list[str] = []
 
     def msg(self, message: str) -> None:
+        if self._buffered:
+            self._lines.append(message)
+            if len(self._lines) >= 2000:
+                self.flush()
+            return
         stream = sys.stdout
         stream.write(message + "\n")
-        if self._flush:
-            stream.flush()
+        stream.flush()
 
     debug = info = warning = warn = error = critical = exception = fatal = msg
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+
+_logger = _StdoutLogger(buffered=False)
+
+
+def flush_logs() -> None:
+    """Write out buffered log lines (see configure_logging's `buffered`)."""
+    _logger.flush()
+
+
+class _Timestamp:
+    """Adds `timestamp` in ISO 8601 UTC with microseconds, formatting the date and time only
+    once a second (structlog's TimeStamper builds a datetime for every line)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, name: str, event_dict: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
 
 
 def _orjson_text(value: Any, **kwargs: Any) -> str:
@@ -43,15 +82,19 @@ def _orjson_text(value: Any, **kwargs: Any) -> str:
 
 
 def configure_logging(
-    settings: LoggingSettings, *, buffered: bool = False, cache: bool = True
+    settings: LoggingSettings, *, buffered: bool = False, contextvars: bool = True,
+    cache: bool = True,
 ) -> None:
-    """Set up structlog and the stdlib root logger; call once, from a command's entry point."""
+    """Set up structlog and the stdlib root logger; call once, from a command's entry point.
+
+    `contextvars=False` (the ingress, which binds none) skips merging them into each line.
+    """
     level = getattr(logging, settings.level.upper())
     as_json = settings.format == "json" or (settings.format == "auto" and not sys.stdout.isatty())
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        *([structlog.contextvars.merge_contextvars] if contextvars else []),
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Timestamp(),
     ]
     renderer: structlog.types.Processor
     if as_json:
@@ -59,7 +102,9 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
     else:
         renderer = structlog.dev.ConsoleRenderer()
-    logger = _StdoutLogger(flush=not buffered)
+    global _logger
+    _logger.flush()
+    _logger = logger = _StdoutLogger(buffered)
     structlog.configure(
         processors=[*shared, renderer],
         logger_factory=lambda *_: logger,

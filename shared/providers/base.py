@@ -12,10 +12,11 @@ anything is parsed, and compares secrets with `hmac.compare_digest`.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+
+import orjson
 
 from shared.errors import Malformed
 
@@ -61,8 +62,8 @@ def same_secret(given: str | bytes, expected: bytes) -> bool:
 def load_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or Malformed."""
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
+        value = orjson.loads(body)  # stricter than json (no NaN, 64-bit integers) and faster
+    except orjson.JSONDecodeError:
         raise Malformed("body is not valid JSON") from None
     if not isinstance(value, dict):
         raise Malformed("body is not a JSON object")
