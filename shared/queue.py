@@ -19,6 +19,7 @@ not run on Cluster either.)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections.abc import Sequence
@@ -44,16 +45,18 @@ CALLBACK_JOB_OPTIONS: dict[str, Any] = {
     "retry": Retry(max=12, interval=[10, 30, 60, 300, 900, 1800, 3600]),
 }
 
-# ARGV: queues key, queue key, job key prefix, timestamp, number of constant fields N,
-# N field/value pairs, then id, data, description for each job. Returns the job count.
+# ARGV: queues key, queue key, job key prefix, number of constant field pairs N, the N
+# field/value pairs, a timestamp, then id, data, description for each job. Everything before
+# the timestamp is the same in every call. Returns the number of jobs written.
 ENQUEUE_SCRIPT = """
-local fixed = tonumber(ARGV[5])
+local fixed = tonumber(ARGV[4])
+local stamp = ARGV[5 + 2 * fixed]
 local first = 6 + 2 * fixed
 local fields = {}
-for i = 6, first - 1 do fields[#fields + 1] = ARGV[i] end
+for i = 5, 4 + 2 * fixed do fields[#fields + 1] = ARGV[i] end
 local n = #fields
-fields[n + 1] = 'created_at'; fields[n + 2] = ARGV[4]
-fields[n + 3] = 'enqueued_at'; fields[n + 4] = ARGV[4]
+fields[n + 1] = 'created_at'; fields[n + 2] = stamp
+fields[n + 3] = 'enqueued_at'; fields[n + 4] = stamp
 fields[n + 5] = 'data'; fields[n + 7] = 'description'
 redis.call('SADD', ARGV[1], ARGV[2])
 for j = first, #ARGV, 3 do
@@ -65,7 +68,22 @@ end
 return (#ARGV - first + 1) / 3
 """
 
+ENQUEUE_SCRIPT_SHA = hashlib.sha1(ENQUEUE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
 PendingJob: TypeAlias = tuple[str, bytes, str]  # id, data, description
+
+
+def resp(args: Sequence[EncodableT]) -> bytes:
+    """The Redis protocol encoding of these arguments, without the array header."""
+    parts = []
+    for arg in args:
+        raw = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
+def resp_command(*args: EncodableT) -> bytes:
+    return b"*%d\r\n%b" % (len(args), resp(args))
 
 
 class JobTemplate:
@@ -87,11 +105,15 @@ class JobTemplate:
         fields["status"] = JobStatus.QUEUED.value
         for varying in ("data", "created_at", "enqueued_at", "description"):
             fields.pop(varying)
-        self._fixed: list[EncodableT] = [item for pair in fields.items() for item in pair]
         self._data_prefix = json.dumps([func, None]).encode()[:-1] + b", ["
         rq_queue = Queue(queue, connection=Redis(), serializer=JSONSerializer)
         self.queue_key: str = rq_queue.key
         self.queues_key: str = rq_queue.redis_queues_keys
+        self._fixed: list[EncodableT] = [
+            self.queues_key, self.queue_key, Job.redis_job_namespace_prefix, len(fields),
+            *(item for pair in fields.items() for item in pair),
+        ]
+        self._packed_start = resp(["EVALSHA", ENQUEUE_SCRIPT_SHA, 0, *self._fixed])
 
     def data(self, argument_json: bytes) -> bytes:
         """RQ's `data` field for a call with one JSON argument, zlib-framed as RQ stores it.
@@ -105,13 +127,17 @@ class JobTemplate:
 
     def script_args(self, jobs: Sequence[PendingJob]) -> list[EncodableT]:
         """The ARGV of ENQUEUE_SCRIPT for these jobs."""
-        args: list[EncodableT] = [
-            self.queues_key, self.queue_key, Job.redis_job_namespace_prefix,
-            utcformat(now()), len(self._fixed) // 2, *self._fixed,
-        ]
+        args: list[EncodableT] = [*self._fixed, utcformat(now())]
         for job in jobs:
             args.extend(job)
         return args
+
+    def evalsha_command(self, jobs: Sequence[PendingJob]) -> bytes:
+        """`EVALSHA <sha> 0 <script_args(jobs)>` encoded for the wire; the part that is the
+        same in every call was encoded once, in __init__."""
+        count = 3 + len(self._fixed) + 1 + 3 * len(jobs)
+        stamp_and_jobs = resp([utcformat(now()), *(item for job in jobs for item in job)])
+        return b"*%d\r\n%b%b" % (count, self._packed_start, stamp_and_jobs)
 
 
 def callback_template() -> JobTemplate:
