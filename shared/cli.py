@@ -37,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     ingress.add_argument("--port", type=int, help="override [ingress] port")
     ingress.set_defaults(run=_ingress)
 
+    worker = commands.add_parser(
+        "worker", parents=[config],
+        help="an RQ worker on the callbacks and deliveries queues, with the scheduler")
+    worker.add_argument("--burst", action="store_true", help="exit when nothing is due now")
+    worker.set_defaults(run=_worker)
+
+    events = commands.add_parser("events", parents=[config],
+                                 help="recent canonical events with their delivery state")
+    events.add_argument("--merchant", metavar="M", help="only this merchant's events")
+    events.add_argument("--json", action="store_true", help="one JSON object a line")
+    events.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    events.set_defaults(run=_events)
+
     dev = commands.add_parser("dev", help="Redis and the ingress on this machine, to try it out")
     dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
     dev.set_defaults(run=_dev)
@@ -68,6 +81,24 @@ def _ingress(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.__main__ import work
+
+    return work(_settings(args), burst=args.burst)
+
+
+def _events(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from workers.listing import event_lines
+
+    settings = _settings(args)
+    with Redis.from_url(settings.redis_url) as redis:
+        for line in event_lines(redis, settings, args.merchant, args.limit, args.json):
+            print(line)
     return 0
 
 

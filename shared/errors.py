@@ -8,6 +8,10 @@
         Forbidden            - source address not allowed (HTTP 403)
         TooLarge             - body over max_body_bytes (HTTP 413)
       StoreUnavailable       - Redis did not take the job (HTTP 503, the provider retries)
+      UnsupportedEvent       - verified, but nothing we deliver: the worker logs it, no event
+      ProviderUnavailable    - a follow-up query timed out, got 5xx or 429: RQ retries the job
+      ProviderRejected       - a follow-up query got a permanent answer (unknown transaction,
+                               bad credentials): the job ends failed, with the reason logged
 
 Messages never contain secrets. Where a message names an offending value, that value
 comes from the request, never from the configuration.
@@ -65,3 +69,19 @@ class TooLarge(CallbackRejected):
 
 class StoreUnavailable(PayhooksError):
     """Redis did not confirm the job, so the callback was not acknowledged."""
+
+
+class UnsupportedEvent(PayhooksError):
+    """A genuine callback that maps to no canonical event (e.g. IXOPAY REGISTER)."""
+
+
+class ProviderUnavailable(PayhooksError):
+    """The provider's API could not answer now; try again later."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class ProviderRejected(PayhooksError):
+    """The provider's API gave a permanent answer; retrying will not change it."""

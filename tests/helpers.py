@@ -108,3 +108,70 @@ def queued_callbacks(client: redis.Redis) -> list[Callback]:
         _func, _instance, args, _kwargs = json.loads(zlib.decompress(data))
         callbacks.append(Callback.model_validate_json(json.dumps(args[0])))
     return callbacks
+
+
+IXOPAY_USER, IXOPAY_PASSWORD = "ixopay-api-user", "ixopay-api-password"
+BACKOFFICE_KEY = "1111-2222-3333-4444"
+HOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def worker_config(redis_url: str, simulators_url: str,
+                  hook_url: str = "http://127.0.0.1:9/hook") -> dict[str, Any]:
+    """Two merchants whose provider APIs are the simulators: shop-eu trusts signed and keyed
+    callbacks, strict-eu confirms them with IXOPAY's status API and ifthenpay's payments API."""
+    providers = MERCHANT_CONFIG["shop-eu"]
+    shop: dict[str, Any] = {
+        "ixopay": {**providers["ixopay"], "username": IXOPAY_USER,
+                   "password": IXOPAY_PASSWORD, "base_url": simulators_url},
+        "ifthenpay": {**providers["ifthenpay"], "base_url": simulators_url},
+        "netaxept": {**providers["netaxept"], "base_url": simulators_url},
+        "payex": {**providers["payex"], "base_url": simulators_url},
+        "hooks": [
+            {"id": "orders", "url": hook_url, "secret": HOOK_SECRET},
+            {"id": "refunds", "url": hook_url, "secret": HOOK_SECRET,
+             "events": ["payment.refunded", "payment.chargeback*"]},
+        ],
+    }
+    strict = {
+        "ixopay": {**shop["ixopay"], "verify_with_status_api": True},
+        "ifthenpay": {**shop["ifthenpay"], "backoffice_key": BACKOFFICE_KEY},
+        "hooks": [{"id": "all", "url": hook_url, "secret": HOOK_SECRET}],
+    }
+    return {
+        "redis_url": redis_url,
+        "delivery": {"allow_private_networks": True, "retry_schedule": ["1s", "2s"]},
+        "merchants": {"shop-eu": shop, "strict-eu": strict},
+    }
+
+
+def stored_callback(outgoing: Any, merchant: str, provider: str) -> dict[str, Any]:
+    """What the ingress stores for this callback (verified by the provider module first)."""
+    from ingress.app import PROVIDER_CLASSES
+    from shared.models import callback_json, new_callback_id, utcnow
+    from shared.settings import MerchantSettings
+
+    section = MERCHANT_CONFIG["shop-eu"][provider]
+    provider_class = {cls.name: cls for cls in PROVIDER_CLASSES}[provider]
+    settings = MerchantSettings.model_validate({provider: section})
+    accepted = provider_class(getattr(settings, provider)).verify(outgoing.to_incoming())
+    incoming = outgoing.to_incoming()
+    data: dict[str, Any] = json.loads(callback_json(
+        id=new_callback_id(), merchant=merchant, provider=provider, method=incoming.method,
+        uri=accepted.uri, headers=accepted.headers, body=incoming.body, source="127.0.0.1",
+        received_at=utcnow(), reference=accepted.reference))
+    return data
+
+
+def to_toml(table: dict[str, Any], prefix: str = "") -> str:
+    """A TOML rendering of a config dict, enough for payhooks' config in tests."""
+    scalars = [(k, v) for k, v in table.items() if not isinstance(v, dict)
+               and not (isinstance(v, list) and v and isinstance(v[0], dict))]
+    lines = [f"{key} = {json.dumps(value)}" for key, value in scalars]
+    for key, value in table.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            lines += [f"\n[{name}]", to_toml(value, name)]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                lines += [f"\n[[{name}]]", to_toml(item, name)]
+    return "\n".join(lines)

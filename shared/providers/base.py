@@ -1,12 +1,19 @@
 """What every payment-provider module provides. Read this before writing a provider.
 
-The ingress hands a provider an `Incoming` request: framework-neutral, with the body bytes
-exactly as received. `verify` decides, without any I/O, whether the request is a callback
-from that provider for that merchant, and returns `Accepted`: what to store on the queue
-(secrets removed) and the provider's reference for the log line. It raises `Unauthorized`
-(401) when a signature, key or credential does not check out and `Malformed` (400) when the
-request is not what the provider sends. Verification always runs on the raw bytes before
-anything is parsed, and compares secrets with `hmac.compare_digest`.
+In the ingress: `verify` gets an `Incoming` request, framework-neutral, with the body bytes
+exactly as received, and decides without any I/O whether it is a callback from that
+provider for that merchant. It returns `Accepted`: what to store on the queue (secrets
+removed) and the provider's reference for the log line. It raises `Unauthorized` (401) when
+a signature, key or credential does not check out and `Malformed` (400) when the request is
+not what the provider sends. Verification runs on the raw bytes before anything is parsed,
+and compares secrets with `hmac.compare_digest`.
+
+In the worker: `follow_up` gets the stored `Callback` and asks the authoritative source
+(the provider's API, or the verified callback where the provider makes it authoritative)
+what happened, as a list of `Fact`s: every fact the source reports now, old ones included,
+so that a missed or reordered callback loses nothing (recording drops the facts already
+recorded). It raises `ProviderUnavailable` for answers worth retrying, `ProviderRejected`
+for permanent ones and `UnsupportedEvent` for callbacks that map to no event.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import httpx
 import orjson
 
 from shared.errors import Malformed
+from shared.models import Callback, Fact
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,19 @@ class Accepted:
     headers: dict[str, str]
 
 
+class RateLimiter(Protocol):
+    def __call__(self, key: str, per_minute: int) -> None:
+        """Take one request from the budget `key`; ProviderUnavailable when it is spent."""
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What a provider's follow_up may use: an HTTP client and a shared rate limiter."""
+
+    http: httpx.Client
+    limit: RateLimiter
+
+
 class Provider(Protocol):
     name: ClassVar[str]  # used in the ingress route and in logs
     method: ClassVar[str]  # the HTTP method the provider calls with
@@ -49,6 +71,10 @@ class Provider(Protocol):
 
     def verify(self, request: Incoming) -> Accepted:
         """Raise Unauthorized or Malformed unless the request is a genuine callback."""
+        ...
+
+    def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
+        """The facts the authoritative source reports for the payment of this callback."""
         ...
 
 
@@ -68,6 +94,11 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Malformed("body is not a JSON object")
     return value
+
+
+def join_url(base_url: object, path: str) -> str:
+    """The configured base URL with a path of ours appended (never a URL from a callback)."""
+    return str(base_url).rstrip("/") + path
 
 
 def keep_headers(headers: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:

@@ -16,18 +16,26 @@ template to paste. Quirks:
 - `status` is `PAGO` (paid) or `DEVOLVIDO` (refunded); no status means paid.
 The key is a secret carried in the URL: it is redacted before the request target is
 stored, and the ingress never logs query strings. A static key is weak proof, so the
-worker confirms with the payments API when the merchant configures a `backoffice_key`.
+worker confirms a payment with the payments API (`POST /v2/payments/read`) when the
+merchant configures a `backoffice_key`. That API lists completed payments only: a paid
+callback it does not list yet is retried later, not trusted. Refunds are not listed there
+and rest on the key. Amounts are euros; times are Lisbon time.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import ClassVar
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote_plus
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from shared.errors import Malformed, Unauthorized
-from shared.providers.base import Accepted, Incoming, same_secret
+from shared.errors import Malformed, ProviderRejected, ProviderUnavailable, Unauthorized
+from shared.http import send
+from shared.models import Callback, EventType, Fact
+from shared.money import to_minor
+from shared.providers.base import Accepted, FollowUp, Incoming, join_url, same_secret
 from shared.settings import IfthenpaySettings
 
 REDACTED = "redacted"
@@ -60,6 +68,10 @@ _FORMATS: dict[str, re.Pattern[str]] = {
     "status": re.compile(r"PAGO|DEVOLVIDO", re.IGNORECASE),
 }
 _DATETIME_FORMATS = ("%d-%m-%Y %H:%M:%S", "%d-%m-%Y%H:%M:%S")
+try:
+    _LISBON: tzinfo = ZoneInfo("Europe/Lisbon")
+except ZoneInfoNotFoundError:  # no tz database on this host: Lisbon is UTC in winter
+    _LISBON = UTC
 
 
 class Ifthenpay:
@@ -69,6 +81,7 @@ class Ifthenpay:
 
     def __init__(self, settings: IfthenpaySettings) -> None:
         self._keys = [key.get_secret_value().encode() for key in settings.anti_phishing_key]
+        self._settings = settings
         self.allowed_ips = settings.allowed_ips
 
     def verify(self, request: Incoming) -> Accepted:
@@ -88,6 +101,53 @@ class Ifthenpay:
         if "amount" not in fields:
             raise Malformed("no amount")
         return Accepted(reference, redact_key(request.uri), {})
+
+
+    def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
+        fields = parse_fields(callback.uri.partition("?")[2])
+        status = (fields.get("status") or "PAGO").upper()
+        kind = EventType.REFUNDED if status == "DEVOLVIDO" else EventType.CAPTURED
+        if kind is EventType.CAPTURED and self._settings.backoffice_key is not None:
+            self._confirm(fields, context)
+        payment_id = fields.get("request_id") or fields.get("reference") or fields["order_id"]
+        method = fields.get("payment_method") or (
+            "multibanco" if fields.get("entity", "").isdigit() else None)
+        when = fields.get("payment_datetime")
+        return [Fact(
+            type=kind,
+            key=f"{status}:{fields['amount']}:{when or ''}",
+            payment_id=payment_id,
+            transaction_id=payment_id,
+            order_id=fields.get("order_id"),
+            amount_minor=to_minor(fields["amount"], "EUR"),
+            currency="EUR",
+            payment_method=method.lower() if method else None,
+            occurred_at=parse_datetime(when).replace(tzinfo=_LISBON) if when else None,
+            provider_status={k: v for k, v in fields.items() if k != "key"},
+        )]
+
+    def _confirm(self, fields: dict[str, str], context: FollowUp) -> None:
+        """ProviderUnavailable unless the payments API lists this payment with this amount."""
+        assert self._settings.backoffice_key is not None
+        query: dict[str, Any] = {"boKey": self._settings.backoffice_key.get_secret_value()}
+        for field, name in (("request_id", "requestId"), ("reference", "reference"),
+                            ("order_id", "orderId")):
+            if field in fields:
+                query[name] = fields[field]
+                break
+        url = join_url(self._settings.base_url, "/v2/payments/read")
+        response = send(context.http, "POST", url, "ifthenpay payments API", json=query)
+        try:
+            answer = response.json()
+        except ValueError:
+            raise ProviderUnavailable("ifthenpay payments API: not JSON") from None
+        if response.status_code != 200 or answer.get("status") != 200:
+            raise ProviderRejected(f"ifthenpay payments API refused: {answer.get('message')!r}")
+        amount = Decimal(fields["amount"])
+        for payment in answer.get("payments") or []:
+            if Decimal(str(payment.get("amount"))) == amount:
+                return
+        raise ProviderUnavailable("ifthenpay payments API does not list the payment yet")
 
 
 def parse_fields(query: str) -> dict[str, str]:

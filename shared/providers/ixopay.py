@@ -19,7 +19,12 @@ in `X-Signature`. Quirks, all from the SDK:
 - Legacy XML callbacks sign six lines (an empty "custom headers" line before the URI) over
   `text/xml; charset=utf-8` and send `Authorization: Gateway <apiKey>:<signature>`; the
   older `IxoPay <apiKey>:` prefix is accepted with the MD5 body hash only.
-The callback is signed, so it is authoritative unless `verify_with_status_api` is set.
+The callback is signed, so it is authoritative; with `verify_with_status_api` the worker
+asks the status API (`/api/v3/status/{apiKey}/getByUuid/{uuid}`, Basic auth) and the
+status it reports wins. That API allows 60 requests a minute per API user: the worker keeps
+to that budget itself and retries later when it is spent or when IXOPAY answers 429.
+Chargebacks arrive as new transactions with an auto-generated merchantTransactionId; they
+belong to the order in `chargebackData.originalMerchantTransactionId`.
 """
 
 from __future__ import annotations
@@ -29,14 +34,30 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
-from shared.errors import Malformed, Unauthorized
-from shared.providers.base import Accepted, Incoming, keep_headers, load_json_object
+from shared.errors import (
+    Malformed,
+    ProviderRejected,
+    ProviderUnavailable,
+    Unauthorized,
+    UnsupportedEvent,
+)
+from shared.http import send
+from shared.models import Callback, EventType, Fact
+from shared.money import to_minor
+from shared.providers.base import (
+    Accepted,
+    FollowUp,
+    Incoming,
+    join_url,
+    keep_headers,
+    load_json_object,
+)
 from shared.settings import IxopaySettings
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -44,6 +65,24 @@ XML_CONTENT_TYPE = "text/xml; charset=utf-8"
 _XML_NAMESPACE = "{http://gateway.ixopay.com/Schema/V2/Callback}"
 _KEPT_HEADERS = ("content-type", "date", "x-date", "x-signature", "authorization",
                  "x-authorization")
+
+_TYPES: dict[tuple[str, str], EventType] = {
+    ("DEBIT", "OK"): EventType.CAPTURED,
+    ("CAPTURE", "OK"): EventType.CAPTURED,
+    ("PREAUTHORIZE", "OK"): EventType.AUTHORIZED,
+    ("REFUND", "OK"): EventType.REFUNDED,
+    ("VOID", "OK"): EventType.VOIDED,
+    ("CHARGEBACK", "OK"): EventType.CHARGEBACK,
+    ("CHARGEBACK-REVERSAL", "OK"): EventType.CHARGEBACK_REVERSED,
+    ("DEBIT", "PENDING"): EventType.PENDING,
+    ("PREAUTHORIZE", "PENDING"): EventType.PENDING,
+    ("DEBIT", "ERROR"): EventType.FAILED,
+    ("PREAUTHORIZE", "ERROR"): EventType.FAILED,
+}
+# the status API's transactionStatus, as the callback's result
+_STATUS_RESULTS = {"SUCCESS": "OK", "PENDING": "PENDING", "REDIRECT": "PENDING",
+                   "ERROR": "ERROR", "CANCELLED": "ERROR"}
+_STATUS_API_PER_MINUTE = 60
 
 BodyHash = Literal["sha512", "md5"]
 _BODY_HASHES: tuple[BodyHash, ...] = ("sha512", "md5")
@@ -92,6 +131,7 @@ class Ixopay:
         self._keyed = hmac.new(secret, digestmod=hashlib.sha512)  # copied for each signature
         self._api_key = settings.api_key
         self._max_skew = settings.max_date_skew
+        self._settings = settings
         self.allowed_ips = settings.allowed_ips
 
     def verify(self, request: Incoming) -> Accepted:
@@ -107,6 +147,47 @@ class Ixopay:
             raise Unauthorized("no X-Signature or Authorization header")
         self._check_date_skew(dates)
         return Accepted(reference, request.uri, keep_headers(headers, _KEPT_HEADERS))
+
+    def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
+        data = _callback_fields(callback.body)
+        result = str(data.get("result", ""))
+        if self._settings.verify_with_status_api:
+            result = self._status_api_result(str(data.get("uuid", "")), context)
+        kind = _TYPES.get((str(data.get("transactionType", "")).upper(), result))
+        if kind is None:
+            raise UnsupportedEvent(f"ixopay {data.get('transactionType')!r} {result!r}")
+        return [_fact(data, kind, result)]
+
+    def _status_api_result(self, uuid: str, context: FollowUp) -> str:
+        settings = self._settings
+        if not (settings.api_key and settings.username and settings.password):
+            raise ProviderRejected("verify_with_status_api needs api_key, username, password")
+        context.limit(f"ixopay:{settings.api_key}", _STATUS_API_PER_MINUTE)
+        path = f"/api/v3/status/{settings.api_key}/getByUuid/{uuid}"
+        date = formatdate(usegmt=True)
+        response = send(
+            context.http, "GET", join_url(settings.base_url, path), "ixopay status API",
+            auth=(settings.username, settings.password.get_secret_value()),
+            headers={"Date": date, "Content-Type": JSON_CONTENT_TYPE,
+                     "X-Signature": _signature(self._keyed, "GET", _body_digest(b"", "sha512"),
+                                               JSON_CONTENT_TYPE, date, path, False).decode()},
+        )
+        if response.status_code in (401, 403):
+            raise ProviderRejected(f"ixopay status API: HTTP {response.status_code}, "
+                                   "check username and password")
+        try:
+            status = response.json()
+        except ValueError:
+            raise ProviderUnavailable("ixopay status API: not JSON") from None
+        if not status.get("success"):
+            if status.get("errorCode") == 1009:
+                raise ProviderUnavailable("ixopay status API: rate limited", retry_after=60)
+            raise ProviderRejected(f"ixopay status API: {status.get('errorMessage')!r} "
+                                   f"(code {status.get('errorCode')!r})")
+        result = _STATUS_RESULTS.get(str(status.get("transactionStatus")))
+        if result is None:
+            raise UnsupportedEvent(f"ixopay status {status.get('transactionStatus')!r}")
+        return result
 
     def _check_json_signature(self, request: Incoming, given: str, dates: list[str]) -> None:
         # Each candidate is compared in constant time; stopping at a match tells a caller
@@ -180,6 +261,55 @@ def _xml_reference(body: bytes) -> str:
         if not fields.get(field):
             raise Malformed(f"{field} is missing")
     return _first_id(fields, ("referenceId", "transactionId"))
+
+
+def _callback_fields(body: bytes) -> dict[str, Any]:
+    """The callback's fields, from JSON or from the legacy XML (renamed as in JSON)."""
+    if body.lstrip().startswith(b"<"):
+        root = ElementTree.fromstring(body)
+        fields: dict[str, Any] = {
+            child.tag.removeprefix(_XML_NAMESPACE): (child.text or "").strip() for child in root
+        }
+        fields["uuid"] = fields.pop("referenceId", "")
+        fields["merchantTransactionId"] = fields.pop("transactionId", "")
+        return fields
+    return load_json_object(body)
+
+
+def _fact(data: dict[str, Any], kind: EventType, result: str) -> Fact:
+    transaction_type = str(data.get("transactionType", "")).upper()
+    uuid = str(data.get("uuid", ""))
+    chargeback = data.get("chargebackData") or data.get("chargebackReversalData") or {}
+    if not isinstance(chargeback, dict):
+        chargeback = {}
+    original = chargeback.get("originalUuid") or data.get("referenceUuid") or uuid
+    currency = str(chargeback.get("currency") or data.get("currency") or "") or None
+    amount = chargeback.get("amount", data.get("amount"))
+    method = data.get("paymentMethod")
+    return Fact(
+        type=kind,
+        key=f"{uuid}:{transaction_type}:{result}",
+        payment_id=str(original),
+        transaction_id=uuid,
+        order_id=str(chargeback.get("originalMerchantTransactionId")
+                      or data.get("merchantTransactionId") or "") or None,
+        amount_minor=to_minor(amount, currency) if amount not in (None, "") else None,
+        currency=currency,
+        payment_method=str(method).lower() if method else None,
+        occurred_at=_datetime(chargeback.get("chargebackDateTime")
+                              or chargeback.get("reversalDateTime")),
+        provider_status={k: data[k] for k in ("result", "transactionType", "uuid", "code",
+                                              "message", "adapterCode") if k in data},
+    )
+
+
+def _datetime(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def _first_id(data: Mapping[str, Any], names: tuple[str, ...]) -> str:

@@ -10,6 +10,15 @@ allow-list Netaxept's source addresses (`allowed_ips`). Since the body proves no
 worker asks the Query API (`Netaxept/Query.aspx`) for the transaction's state; a forged id
 can cost a query but never produces an event. The id is opaque: 32 hex digits from
 Register, a GUID in Nets' sample, or the merchant's own id.
+
+The Query answer is XML, always HTTP 200; errors come as an `<Exception>` root whose
+`Error` names its type. It is parsed by element name, never by position: the order of
+elements changes between answers and new ones appear. The state is cumulative
+(`Summary`: Authorized, AmountCaptured, AmountCredited, Annulled, and its misspelled twin
+Annuled), so every answer yields every fact so far: authorized, captured up to N, credited
+up to M, annulled, or failed (an `Error` before any authorization). A capture is reported by
+its new total; the step amount is what the total grew by since the last recorded one.
+Amounts are minor units.
 """
 
 from __future__ import annotations
@@ -17,13 +26,38 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import replace
+from datetime import datetime
 from typing import ClassVar
+from xml.etree.ElementTree import Element
 
-from shared.errors import Malformed, Unauthorized
-from shared.providers.base import Accepted, Incoming, load_json_object, same_secret
+from defusedxml import ElementTree
+from defusedxml.common import DefusedXmlException
+
+from shared.errors import (
+    Malformed,
+    ProviderRejected,
+    ProviderUnavailable,
+    Unauthorized,
+    UnsupportedEvent,
+)
+from shared.http import send
+from shared.models import Callback, EventType, Fact
+from shared.providers.base import (
+    Accepted,
+    FollowUp,
+    Incoming,
+    join_url,
+    load_json_object,
+    same_secret,
+)
 from shared.settings import NetaxeptSettings
 
 TRANSACTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+_NOT_FOUND = "Unable to find transaction"
+_PERMANENT = {"AuthenticationException", "SecurityException", "ValidationException",
+              "NotSupportedException", "MerchantTranslationException"}
 _KEPT_HEADERS = ("content-type",)
 
 
@@ -39,7 +73,21 @@ class Netaxept:
                 settings.callback_username.encode(),
                 settings.callback_password.get_secret_value().encode(),
             )
+        self._settings = settings
         self.allowed_ips = settings.allowed_ips
+
+    def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
+        settings = self._settings
+        response = send(
+            context.http, "GET", join_url(settings.base_url, "/Netaxept/Query.aspx"),
+            "netaxept Query",
+            params={"merchantId": settings.merchant_id,
+                    "token": settings.token.get_secret_value(),
+                    "transactionId": callback.reference},
+        )
+        if response.status_code != 200:
+            raise ProviderUnavailable(f"netaxept Query: HTTP {response.status_code}")
+        return payment_facts(_parse(response.content), callback.reference)
 
     def check_credentials(self, authorization: str | None) -> None:
         """Unauthorized unless the Basic credentials match (when the merchant set them)."""
@@ -64,6 +112,93 @@ class Netaxept:
             raise Malformed("TransactionId is not a well-formed id")
         headers = {k: request.headers[k] for k in _KEPT_HEADERS if k in request.headers}
         return Accepted(transaction_id, request.uri, headers)
+
+
+def _parse(content: bytes) -> Element:
+    try:
+        root: Element = ElementTree.fromstring(content)
+    except (ElementTree.ParseError, DefusedXmlException, ValueError):
+        raise ProviderUnavailable("netaxept Query: not XML") from None
+    if root.tag == "Exception":
+        error = root.find("Error")
+        kind = error.get(_XSI_TYPE, "") if error is not None else ""
+        message = _text(root, "Error/Message")
+        if message == _NOT_FOUND:
+            raise ProviderRejected(f"netaxept: unknown transaction ({kind})")
+        if kind in _PERMANENT:
+            raise ProviderRejected(f"netaxept: {kind}: {message!r}")
+        raise ProviderUnavailable(f"netaxept: {kind}: {message!r}")
+    if root.tag != "PaymentInfo":
+        raise ProviderUnavailable(f"netaxept Query: unexpected root {root.tag!r}")
+    return root
+
+
+def payment_facts(info: Element, transaction_id: str) -> list[Fact]:
+    """Every fact a PaymentInfo reports, oldest first."""
+    summary = {child.tag: (child.text or "").strip() for child in info.findall("Summary/*")}
+    authorized = summary.get("Authorized") == "true"
+    annulled = "true" in (summary.get("Annulled"), summary.get("Annuled"))
+    captured = _int(summary.get("AmountCaptured"))
+    credited = _int(summary.get("AmountCredited"))
+    amount = _int(_text(info, "OrderInformation/Amount"))
+    base = Fact(
+        type=EventType.PENDING, key="registered", payment_id=transaction_id,
+        transaction_id=transaction_id, amount_minor=amount,
+        order_id=_text(info, "OrderInformation/OrderNumber") or None,
+        currency=_text(info, "OrderInformation/Currency") or None,
+        payment_method=_text(info, "CardInformation/PaymentMethod").lower() or None,
+        provider_status={k: v for k, v in summary.items() if k != "AuthorizationId"},
+    )
+    facts: list[Fact] = []
+    error = info.find("Error")
+    if error is not None and not authorized and not captured:
+        when = _text(error, "DateTime")
+        key = f"failed:{_text(error, 'ResponseCode') or '?'}:{when}"
+        facts.append(replace(base, type=EventType.FAILED, key=key, occurred_at=_when(when)))
+    elif not authorized and not captured and not annulled:
+        facts.append(base)
+    if authorized:
+        facts.append(replace(base, type=EventType.AUTHORIZED, key="authorized",
+                             occurred_at=_history_time(info, "Auth")))
+    if captured:
+        facts.append(replace(base, type=EventType.CAPTURED, key=f"captured:{captured}",
+                             amount_minor=None, total_minor=captured,
+                             occurred_at=_history_time(info, "Capture")))
+    if credited:
+        facts.append(replace(base, type=EventType.REFUNDED, key=f"credited:{credited}",
+                             amount_minor=None, total_minor=credited,
+                             occurred_at=_history_time(info, "Credit")))
+    if annulled:
+        facts.append(replace(base, type=EventType.VOIDED, key="annulled",
+                             occurred_at=_history_time(info, "Annul")))
+    if not facts:
+        raise UnsupportedEvent("netaxept: the transaction is in no state we report")
+    return facts
+
+
+def _text(element: Element, path: str) -> str:
+    found = element.find(path)
+    return (found.text or "").strip() if found is not None else ""
+
+
+def _int(value: str | None) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
+def _history_time(info: Element, operation: str) -> datetime | None:
+    times = [_text(line, "DateTime") for line in info.findall("History/TransactionLogLine")
+             if _text(line, "Operation") == operation]
+    return _when(times[-1]) if times else None
+
+
+def _when(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
 
 
 def _basic_credentials(authorization: str) -> tuple[bytes, bytes]:

@@ -11,17 +11,27 @@ with the merchant's Bearer token, joined to the merchant's configured `base_url`
 those paths decide where a worker sends an authenticated request, each one must be a
 relative `/psp/...` path of exactly the documented form (an instrument or `paymentorders`,
 GUIDs, a typed transaction collection); anything else (absolute URLs, `//host`, `..`,
-percent-encoding, a query) is refused with 400 before it is stored. Numbers may be JSON
-numbers or digit strings (the .NET SDK types them as strings).
+percent-encoding, a query) is refused with 400 before it is stored, and checked again
+before the worker sends anything. Numbers may be JSON numbers or digit strings.
+
+The worker decides from what it fetches, never from the callback: an instrument payment's
+transaction list (`?$expand=transactions`: each transaction's type and state), or a
+payment order's status, its `paid` resource and its financial transactions (captures,
+reversals, sales). Each transaction number in each state is one fact, so duplicates and
+out-of-order callbacks collapse, and every answer reports all facts so far.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, ClassVar
 
-from shared.errors import Malformed
-from shared.providers.base import Accepted, Incoming, load_json_object
+from shared.errors import Malformed, ProviderRejected, ProviderUnavailable
+from shared.http import send
+from shared.models import Callback, EventType, Fact
+from shared.providers.base import Accepted, FollowUp, Incoming, join_url, load_json_object
 from shared.settings import PayexSettings
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -31,6 +41,25 @@ TRANSACTION_PATH = re.compile(rf"(?P<payment>{PAYMENT_PATH.pattern})/[a-z]{{2,32
 _INSTRUMENT = re.compile(r"[A-Za-z][A-Za-z0-9]{0,31}")
 _ORDER_REFERENCE = re.compile(r"[A-Za-z0-9_.:/-]{1,50}")
 _KEPT_HEADERS = ("content-type",)
+_TRANSACTIONS: dict[tuple[str, str], EventType] = {
+    ("Authorization", "Completed"): EventType.AUTHORIZED,
+    ("Sale", "Completed"): EventType.CAPTURED,
+    ("Capture", "Completed"): EventType.CAPTURED,
+    ("Reversal", "Completed"): EventType.REFUNDED,
+    ("Cancellation", "Completed"): EventType.VOIDED,
+    ("Authorization", "Failed"): EventType.FAILED,
+    ("Sale", "Failed"): EventType.FAILED,
+    ("Authorization", "Initialized"): EventType.PENDING,
+    ("Authorization", "AwaitingActivity"): EventType.PENDING,
+    ("Sale", "Initialized"): EventType.PENDING,
+    ("Sale", "AwaitingActivity"): EventType.PENDING,
+}
+_FINANCIAL = {"Capture": EventType.CAPTURED, "Sale": EventType.CAPTURED,
+              "Reversal": EventType.REFUNDED, "Cancellation": EventType.VOIDED}
+_ORDER_STATUS = {"Initialized": (EventType.PENDING, "initialized"),
+                 "Failed": (EventType.FAILED, "failed"),
+                 "Aborted": (EventType.FAILED, "aborted"),
+                 "Cancelled": (EventType.VOIDED, "cancelled")}
 
 
 class Payex:
@@ -39,7 +68,87 @@ class Payex:
     ack_body: ClassVar[str] = "OK"
 
     def __init__(self, settings: PayexSettings) -> None:
+        self._settings = settings
         self.allowed_ips = settings.allowed_ips
+
+    def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
+        data = load_json_object(callback.body)
+        check_shape(data)
+        reference = data.get("orderReference")
+        if "paymentOrder" in data:
+            return self._order_facts(data["paymentOrder"]["id"], reference, context)
+        return self._payment_facts(data["payment"]["id"], reference, context)
+
+    def _get(self, path: str, context: FollowUp, **params: str) -> dict[str, Any]:
+        if not (PAYMENT_ORDER_PATH.fullmatch(path.removesuffix("/financialtransactions"))
+                or PAYMENT_PATH.fullmatch(path)):
+            raise ProviderRejected(f"payex: refusing to fetch {path!r}")
+        response = send(
+            context.http, "GET", join_url(self._settings.base_url, path), "payex GET",
+            params=params, headers={
+                "Authorization": f"Bearer {self._settings.token.get_secret_value()}",
+                "Accept": "application/json"},
+        )
+        if response.status_code in (401, 403):
+            raise ProviderRejected(f"payex: HTTP {response.status_code}, check the token")
+        if response.status_code != 200:
+            raise ProviderRejected(f"payex: HTTP {response.status_code} for {path}")
+        try:
+            answer: dict[str, Any] = response.json()
+        except ValueError:
+            raise ProviderUnavailable("payex: answer is not JSON") from None
+        return answer
+
+    def _payment_facts(self, path: str, reference: object, context: FollowUp) -> list[Fact]:
+        payment = self._get(path, context, **{"$expand": "transactions"}).get("payment") or {}
+        listed = (payment.get("transactions") or {}).get("transactionList") or []
+        base = Fact(type=EventType.PENDING, key="", payment_id=path, transaction_id="",
+                    order_id=str(reference) if reference else None,
+                    currency=payment.get("currency"),
+                    payment_method=path.split("/")[2])
+        facts = []
+        for item in listed:
+            kind = _TRANSACTIONS.get((str(item.get("type")), str(item.get("state"))))
+            if kind is None:
+                continue
+            facts.append(replace(
+                base, type=kind, key=f"{item.get('number')}:{item.get('state')}",
+                transaction_id=str(item.get("id")), amount_minor=_amount(item),
+                occurred_at=_when(item.get("updated")),
+                provider_status={k: item.get(k) for k in ("type", "state", "number",
+                                                         "failedReason") if k in item}))
+        return facts
+
+    def _order_facts(self, path: str, reference: object, context: FollowUp) -> list[Fact]:
+        order = self._get(path, context, **{"$expand": "paid"}).get("paymentOrder") or {}
+        paid: dict[str, Any] = order["paid"] if isinstance(order.get("paid"), dict) else {}
+        status = str(order.get("status"))
+        base = Fact(type=EventType.PENDING, key="", payment_id=path, transaction_id=path,
+                    order_id=str(order.get("orderReference") or reference or "") or None,
+                    currency=order.get("currency"),
+                    payment_method=str(paid.get("instrument") or "").lower() or None,
+                    provider_status={"status": status})
+        facts = []
+        if paid.get("number") is not None:
+            kind = EventType.CAPTURED if paid.get("transactionType") == "Sale" else (
+                EventType.AUTHORIZED)
+            suffix = "Sale" if kind is EventType.CAPTURED else "paid"
+            facts.append(replace(base, type=kind, key=f"{paid['number']}:{suffix}",
+                                 amount_minor=_amount(paid)))
+        listed = self._get(f"{path}/financialtransactions", context).get(
+            "financialTransactions", {}).get("financialTransactionsList") or []
+        for item in listed:
+            financial = _FINANCIAL.get(str(item.get("type")))
+            if financial is not None:
+                key = f"{item.get('number')}:{item['type']}"
+                facts.append(replace(base, type=financial, key=key,
+                                     transaction_id=str(item.get("id") or path),
+                                     amount_minor=_amount(item),
+                                     occurred_at=_when(item.get("updated"))))
+        if status in _ORDER_STATUS and not any(f.type is _ORDER_STATUS[status][0] for f in facts):
+            kind, key = _ORDER_STATUS[status]
+            facts.append(replace(base, type=kind, key=key, amount_minor=_amount(order)))
+        return facts
 
     def verify(self, request: Incoming) -> Accepted:
         data = load_json_object(request.body)
@@ -87,6 +196,18 @@ def _resource(data: dict[str, Any], name: str, path: re.Pattern[str]) -> str | N
     if number is not None and not _is_number(number):
         raise Malformed(f"{name}.number is not a number")
     return resource_id
+
+
+def _amount(item: dict[str, Any]) -> int | None:
+    amount = item.get("amount")
+    return amount if isinstance(amount, int) and not isinstance(amount, bool) else None
+
+
+def _when(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _is_number(value: object) -> bool:

@@ -1,0 +1,69 @@
+"""The RQ job behind every queued callback.
+
+`process_callback` asks the provider's module for the facts (the follow-up query), records
+the new ones as canonical events and enqueues their deliveries (workers/events.py). It is
+idempotent: RQ runs jobs at least once, and a second run finds every fact recorded.
+
+Outcomes, each ending in one `callback_processed` log line:
+- recorded: the facts were recorded (some or all may have been recorded before);
+- unsupported: a genuine callback that maps to no event; logged, nothing delivered;
+- retry: the provider could not answer now; the job fails and RQ retries it on the
+  callback job's schedule (shared/queue.py), as long as a worker runs the scheduler;
+- rejected: a permanent answer (unknown transaction, bad credentials, the merchant or
+  provider is no longer configured); the job ends in the failed registry, without retries,
+  with the reason in its log line and in rq-dashboard.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import structlog
+from rq import get_current_job
+
+from shared.errors import ProviderRejected, ProviderUnavailable, UnsupportedEvent
+from shared.models import Callback
+from workers import runtime as runtimes
+from workers.events import record
+
+log = structlog.get_logger("payhooks.worker")
+
+
+def process_callback(callback_data: dict[str, Any]) -> dict[str, Any]:
+    """Follow up, deduplicate and record one callback; the ids of the new events."""
+    started = time.perf_counter()
+    callback = Callback.model_validate_json(orjson.dumps(callback_data))
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        callback_id=callback.id, merchant=callback.merchant, provider=callback.provider)
+    runtime = runtimes.current()
+    try:
+        merchant = runtime.settings.merchants.get(callback.merchant)
+        provider = runtime.providers.get(callback.merchant, {}).get(callback.provider)
+        if merchant is None or provider is None:
+            raise ProviderRejected("the merchant or provider is no longer configured")
+        facts = provider.follow_up(callback, runtime.follow_up_context())
+        events = record(runtime.redis, callback, facts, merchant.hooks,
+                        runtime.settings.delivery.retry_schedule)
+    except UnsupportedEvent as exc:
+        _done("unsupported", started, reason=str(exc))
+        return {"events": [], "unsupported": str(exc)}
+    except ProviderUnavailable as exc:
+        _done("retry", started, reason=str(exc), level="warning")
+        raise
+    except ProviderRejected as exc:
+        job = get_current_job()
+        if job is not None:
+            job.retries_left = 0  # a permanent answer: RQ would retry any failure
+        _done("rejected", started, reason=str(exc), level="error")
+        raise
+    _done("recorded", started, facts=len(facts), new_events=[e.id for e in events],
+          types=[e.type.value for e in events])
+    return {"events": [e.id for e in events], "facts": len(facts)}
+
+
+def _done(outcome: str, started: float, level: str = "info", **fields: Any) -> None:
+    getattr(log, level)("callback_processed", outcome=outcome,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
