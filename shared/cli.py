@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from shared.errors import ConfigError
-from shared.settings import Settings, load_settings
+from shared.settings import Settings, load_settings, parse_duration
+
+STATUSES = ["captured", "authorized", "pending", "refunded", "voided", "failed", "chargeback"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,9 +54,38 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=50, help="how many (default 50)")
     events.set_defaults(run=_events)
 
-    dev = commands.add_parser("dev", help="Redis and the ingress on this machine, to try it out")
+    replay = commands.add_parser("replay", parents=[config],
+                                 help="send dead-lettered deliveries again (same event ids)")
+    replay.add_argument("--event", metavar="ID", help="only this event")
+    replay.add_argument("--hook", metavar="ID", help="only deliveries to this hook")
+    replay.add_argument("--merchant", metavar="M", help="only this merchant's")
+    replay.add_argument("--since", metavar="TIME",
+                        help="dead-lettered at or after TIME (ISO 8601, or an age: 2h, 3d)")
+    replay.add_argument("--until", metavar="TIME", help="dead-lettered at or before TIME")
+    replay.add_argument("--dry-run", action="store_true", help="list, do not send")
+    replay.set_defaults(run=_replay)
+
+    dev = commands.add_parser(
+        "dev", help="everything on this machine, to try it out: Redis, the ingress, workers, "
+                    "rq-dashboard, the provider simulators and a sample merchant endpoint")
     dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
+    dev.add_argument("--simulators-port", type=int, default=8090)
+    dev.add_argument("--merchant-port", type=int, default=8091)
+    dev.add_argument("--dashboard-port", type=int, default=9181)
+    dev.add_argument("--workers", type=int, default=2)
     dev.set_defaults(run=_dev)
+
+    simulate = commands.add_parser(
+        "simulate", help="send a correct (signed) test callback through the dev ingress")
+    simulate.add_argument("provider", choices=["ixopay", "ifthenpay", "netaxept", "payex"])
+    simulate.add_argument("--merchant", default="demo")
+    simulate.add_argument("--status", default="captured", choices=STATUSES,
+                          help="what the payment did (default captured)")
+    simulate.add_argument("--ingress", default="http://127.0.0.1:8080")
+    simulate.add_argument("--simulators", default="http://127.0.0.1:8090")
+    simulate.add_argument("--config", metavar="PATH",
+                          help="take the merchant's secrets from this config (default: demo's)")
+    simulate.set_defaults(run=_simulate)
 
     check = commands.add_parser("check-config", parents=[config], help="validate a config file")
     check.set_defaults(run=_check_config)
@@ -69,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
                                help="bare/ingress pairs per provider; medians are reported")
     bench_ingress.add_argument("--quick", action="store_true", help="one round of 2 s, for CI")
     bench_ingress.set_defaults(run=_bench_ingress)
+    bench_worker = bench_parts.add_parser(
+        "worker", help="one worker's process_callback rate next to RQ's no-op rate, and the "
+        "latency from the ingress's 200 to the delivery jobs")
+    bench_worker.add_argument("--callbacks", type=int, default=3000, help="callbacks a round")
+    bench_worker.add_argument("--rounds", type=int, default=3,
+                              help="no-op/process_callback pairs; medians are reported")
+    bench_worker.add_argument("--quick", action="store_true",
+                              help="200 callbacks, one round, 3 s end to end, for CI")
+    bench_worker.set_defaults(run=_bench_worker)
     return parser
 
 
@@ -102,10 +144,56 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from shared.dev import run
+def _replay(args: argparse.Namespace) -> int:
+    from redis import Redis
 
-    return run(port=args.port)
+    from workers.replay import dead_letters, replay, text_progress
+
+    settings = _settings(args)
+    with Redis.from_url(settings.redis_url) as redis:
+        letters = dead_letters(redis, event=args.event, hook=args.hook, merchant=args.merchant,
+                               since=_moment(args.since), until=_moment(args.until))
+        for letter in letters if args.dry_run else ():
+            print(f"{letter.merchant} {letter.event} -> {letter.hook}")
+        if args.dry_run or not letters:
+            print(f"{len(letters)} dead-lettered deliver{'y' if len(letters) == 1 else 'ies'}"
+                  f"{' to replay' if args.dry_run else ' match'}")
+            return 0
+        progress = text_progress if len(letters) > 20 or sys.stderr.isatty() else None
+        count = replay(redis, settings, letters, progress)
+    print(f"replayed {count} of {len(letters)} dead-lettered deliveries")
+    return 0
+
+
+def _moment(value: str | None) -> float | None:
+    """A time given as ISO 8601 or as an age ("2h": two hours ago), as a Unix time."""
+    if value is None:
+        return None
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--since/--until: {value!r} is neither ISO 8601 nor an age") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from shared.dev import Ports, run
+
+    ports = Ports(ingress=args.port, simulators=args.simulators_port,
+                  merchant=args.merchant_port, dashboard=args.dashboard_port)
+    return run(ports, workers=args.workers)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from shared.simulate import simulate
+
+    settings = load_settings(args.config) if args.config else None
+    return simulate(args.provider, merchant=args.merchant, status=args.status,
+                    ingress=args.ingress, simulators=args.simulators, settings=settings)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -127,6 +215,14 @@ def _bench_ingress(args: argparse.Namespace) -> int:
         providers=[p for p in args.providers.split(",") if p],
         rounds=1 if args.quick else args.rounds,
     )
+
+
+def _bench_worker(args: argparse.Namespace) -> int:
+    from workers.bench import run
+
+    if args.quick:
+        return run(callbacks=200, rounds=1, e2e_seconds=3.0)
+    return run(callbacks=args.callbacks, rounds=args.rounds)
 
 
 if __name__ == "__main__":

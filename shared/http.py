@@ -9,10 +9,14 @@ for the provider module to judge.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
 
 from shared.errors import ProviderUnavailable
@@ -29,6 +33,53 @@ def make_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:
         follow_redirects=False,
         transport=transport,
         limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+    )
+
+
+REFUSED = "refused"
+
+
+class PrivateAddressRefused(httpcore.ConnectError):
+    """A hook's host resolved to an address that is not public."""
+
+
+class _PublicOnlyBackend(httpcore.SyncBackend):
+    """Resolves the host itself, refuses it if any address is not globally routable, and
+    connects to the address it checked (so a second DNS answer cannot point elsewhere).
+    TLS is still verified against the host name: httpcore passes it as server_hostname."""
+
+    def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None,
+        local_address: str | None = None, socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from None
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        refused = [a for a in addresses if not a.is_global or a.is_multicast]
+        if refused or not addresses:
+            raise PrivateAddressRefused(f"{REFUSED}: {host!r} resolves to a non-public address")
+        return super().connect_tcp(str(addresses[0]), port, timeout, local_address,
+                                   socket_options)
+
+
+def make_delivery_client(timeout: float, allow_private_networks: bool,
+                         transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """The client for merchant hooks: no redirects, a total timeout, and (unless allowed)
+    no connection to private, loopback or link-local addresses."""
+    if transport is None:
+        guarded = httpx.HTTPTransport(limits=httpx.Limits(max_connections=50,
+                                                          max_keepalive_connections=20))
+        if not allow_private_networks:
+            # httpx has no hook for the connection step: give its pool our backend.
+            pool = guarded._pool
+            assert isinstance(pool, httpcore.ConnectionPool)
+            pool._network_backend = _PublicOnlyBackend()
+        transport = guarded
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        headers={"User-Agent": USER_AGENT}, follow_redirects=False, transport=transport,
     )
 
 

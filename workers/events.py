@@ -53,6 +53,15 @@ def event_key(event: str) -> str:
     return f"payhooks:event:{event}"
 
 
+def delivery_key(event: str, hook: str) -> str:
+    """The hash with one delivery's state: queued, retrying, delivered, dead, dropped."""
+    return f"payhooks:delivery:{event}:{hook}"
+
+
+def attempts_key(event: str, hook: str) -> str:
+    return f"payhooks:attempts:{event}:{hook}"
+
+
 def merchant_events_key(merchant: str) -> str:
     return f"payhooks:events:{merchant}"
 
@@ -135,6 +144,10 @@ def _write(pipe: Pipeline, queue: Queue, event: PaymentEvent, payment: str, fact
         pipe.zremrangebyscore(index, 0, time.time() - DEDUP_SECONDS)
     for hook in hooks:
         if wants(hook, event.type.value):
+            key = delivery_key(event.id, hook.id)
+            pipe.hset(key, mapping={"state": "queued", "attempts": 0,
+                                    "merchant": event.data.merchant})
+            pipe.expire(key, DEDUP_SECONDS)
             queue.enqueue(
                 DELIVER_EVENT, event.id, event.data.merchant, hook.id,
                 job_id=delivery_job_id(event.id, hook.id), pipeline=pipe,

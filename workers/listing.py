@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 from redis import Redis
-from rq.job import Job
-from rq.serializers import JSONSerializer
 
 from shared.models import PaymentEvent
 from shared.settings import Settings
-from workers.events import (
-    ALL_EVENTS,
-    delivery_job_id,
-    event_key,
-    merchant_events_key,
-    wants,
-)
+from workers.events import ALL_EVENTS, delivery_key, event_key, merchant_events_key, wants
 
 
 def recent_events(redis: Redis, merchant: str | None = None, limit: int = 50
@@ -31,14 +24,31 @@ def recent_events(redis: Redis, merchant: str | None = None, limit: int = 50
 
 
 def delivery_states(redis: Redis, settings: Settings, event: PaymentEvent) -> dict[str, str]:
-    """Each hook that takes this event, with the status of its delivery job."""
+    """Each hook that takes this event, with its delivery state: queued, retrying (attempt
+    n, next try), delivered (after n attempts), dead (dead-lettered), dropped."""
     merchant = settings.merchants.get(event.data.merchant)
     configured = merchant.hooks if merchant else ()
-    hooks = [hook.id for hook in configured if wants(hook, event.type.value)]
-    jobs = Job.fetch_many([delivery_job_id(event.id, hook) for hook in hooks],
-                          connection=redis, serializer=JSONSerializer)
-    return {hook: (job.get_status(refresh=False) or "unknown") if job else "expired"
-            for hook, job in zip(hooks, jobs, strict=True)}
+    states = {}
+    for hook in (hook.id for hook in configured if wants(hook, event.type.value)):
+        stored = redis.hgetall(delivery_key(event.id, hook))
+        fields = {_text(k): _text(v) for k, v in stored.items() if k != b"event"}
+        states[hook] = _describe(fields)
+    return states
+
+
+def _describe(fields: dict[str, str]) -> str:
+    state = fields.get("state", "expired")
+    attempts = int(fields.get("attempts") or 0)
+    if state == "retrying" and "next_at" in fields:
+        wait = max(0, float(fields["next_at"]) - time.time())
+        return f"retrying (attempt {attempts} failed, next in {wait:.0f} s)"
+    if state in ("delivered", "dead") and attempts:
+        return f"{state} ({attempts} attempt{'s' if attempts > 1 else ''})"
+    return state
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def event_lines(redis: Redis, settings: Settings, merchant: str | None, limit: int,

@@ -19,15 +19,13 @@ tests and benchmarks in the same process (which may also use `Simulators.state` 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import threading
 from collections.abc import Sequence
 
 from aiohttp import web
 
 from shared.redis_server import free_port
 from shared.simulators import admin, faults, ifthenpay, ixopay, netaxept, payex, paymentorders
+from shared.simulators.server import BackgroundServer
 from shared.simulators.state import STATE, State
 
 __all__ = ["STATE", "Simulators", "State", "create_app", "main"]
@@ -46,75 +44,17 @@ def create_app(state: State | None = None) -> web.Application:
     return app
 
 
-class Simulators:
+class Simulators(BackgroundServer):
     """The simulators on 127.0.0.1 in a background thread; `start()` returns once serving."""
 
+    name = "simulators"
+
     def __init__(self, port: int = 0, *, seed: int = 0, state: State | None = None) -> None:
+        super().__init__(port)
         self.state = state if state is not None else State(seed)
-        self.host = "127.0.0.1"
-        self.port = port  # 0: any free port, known after start()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        if self._thread is None:
-            raise RuntimeError("the simulators are not running")
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> Simulators:
-        if self._thread is not None:
-            raise RuntimeError("the simulators are already running")
-        started = threading.Event()
-        failures: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._serve, args=(started, failures), name="simulators", daemon=True
-        )
-        self._thread.start()
-        if not started.wait(timeout) or failures:
-            self.stop()
-            cause = failures[0] if failures else None
-            raise RuntimeError("the simulators did not start") from cause
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; requests still waiting (latency, timeouts) are cancelled."""
-        thread, loop = self._thread, self._loop
-        if thread is None:
-            return
-        if loop is not None and thread.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> Simulators:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _serve(self, started: threading.Event, failures: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        runner = web.AppRunner(create_app(self.state), shutdown_timeout=0.5,
-                               handler_cancellation=True, access_log=None)
-        try:
-            loop.run_until_complete(self._open(runner))
-            self._loop = loop
-        except BaseException as exc:  # reported by start()
-            failures.append(exc)
-        started.set()
-        try:
-            if not failures:
-                loop.run_forever()
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-    async def _open(self, runner: web.AppRunner) -> None:
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self.port = runner.addresses[0][1]
+    def make_app(self) -> web.Application:
+        return create_app(self.state)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

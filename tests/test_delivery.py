@@ -1,0 +1,263 @@
+"""Delivery to real merchant endpoints on 127.0.0.1, verified with the standardwebhooks package."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+from standardwebhooks import Webhook
+
+from shared.queue import DELIVERIES
+from shared.settings import Settings, settings_from_dict
+from shared.simulators.client import SimulatorClient
+from shared.simulators.merchant import Answer, MerchantEndpoint
+from tests.helpers import HOOK_SECRET, to_toml, worker_config
+from tests.test_tasks import netaxept
+from workers import runtime as runtimes
+from workers.delivery import DEAD, hook_key
+from workers.events import attempts_key, delivery_job_id, delivery_key
+from workers.listing import delivery_states, recent_events
+from workers.replay import dead_letters, replay
+from workers.runtime import Runtime
+from workers.tasks import process_callback
+
+OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1rZXktMTIzNDU2"  # base64 of a 21-byte key
+
+
+@pytest.fixture
+def endpoint() -> Iterator[MerchantEndpoint]:
+    with MerchantEndpoint() as server:
+        yield server
+
+
+def settings_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any) -> Settings:
+    """shop-eu's hooks at the endpoint: orders (two secrets, rotating) and refunds."""
+    config = worker_config(redis_url, sims_url)
+    config["delivery"].update(delivery)
+    orders, refunds = config["merchants"]["shop-eu"]["hooks"]
+    orders.update(url=f"{endpoint_url}/orders", secret=[HOOK_SECRET, OLD_SECRET])
+    refunds.update(url=f"{endpoint_url}/refunds")
+    return settings_from_dict(config, environ={})
+
+
+@pytest.fixture
+def delivering(worker_runtime: Runtime, endpoint: MerchantEndpoint,
+               redis_client: redis.Redis, sims: Any) -> Iterator[Runtime]:
+    """The runtime with shop-eu's hooks pointed at the endpoint (/orders, /refunds)."""
+    settings = settings_for(worker_runtime.settings.redis_url, sims.url, endpoint.url,
+                            retry_schedule=["100s", "200s"])
+    runtime = Runtime(settings, worker_runtime.redis, worker_runtime.http)
+    runtimes.install(runtime)
+    yield runtime
+    runtimes.install(worker_runtime)
+
+
+def work(runtime: Runtime) -> None:
+    queue = Queue(DELIVERIES, connection=runtime.redis, serializer=JSONSerializer)
+    SimpleWorker([queue], connection=runtime.redis, serializer=JSONSerializer).work(
+        burst=True, with_scheduler=False)
+
+
+def make_due(runtime: Runtime) -> list[str]:
+    """Move every scheduled delivery back onto its queue, as the scheduler does when due."""
+    registry = ScheduledJobRegistry(DELIVERIES, connection=runtime.redis,
+                                    serializer=JSONSerializer)
+    queue = Queue(DELIVERIES, connection=runtime.redis, serializer=JSONSerializer)
+    ids = registry.get_job_ids()
+    for job_id in ids:
+        job = Job.fetch(job_id, connection=runtime.redis, serializer=JSONSerializer)
+        registry.remove(job)
+        queue.enqueue_job(job)
+    return ids
+
+
+def scheduled_in(runtime: Runtime, job_id: str) -> float:
+    registry = ScheduledJobRegistry(DELIVERIES, connection=runtime.redis,
+                                    serializer=JSONSerializer)
+    when = registry.get_scheduled_time(job_id)
+    return when.timestamp() - time.time()
+
+
+def test_events_arrive_signed_and_verify_with_every_rotated_secret(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    process_callback(netaxept(admin, "d-1", authorized=True, captured=10000, credited=100))
+    work(delivering)
+    orders, refunds = endpoint.requests_to("/orders"), endpoint.requests_to("/refunds")
+    assert len(orders) == 3 and len(refunds) == 1  # refunds takes only payment.refunded
+    for request in orders + refunds:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        assert headers["content-type"] == "application/json"
+        assert len(headers["webhook-signature"].split(" ")) == (2 if request in orders else 1)
+        payload = Webhook(HOOK_SECRET).verify(request.body, headers)
+        assert payload["id"] == headers["webhook-id"]
+        if request in orders:
+            assert Webhook(OLD_SECRET).verify(request.body, headers)["id"] == payload["id"]
+    assert [json.loads(r.body)["type"] for r in orders] == [
+        "payment.authorized", "payment.captured", "payment.refunded"]
+    event = recent_events(redis_client, "shop-eu")[0]
+    assert delivery_states(redis_client, delivering.settings, event) == {
+        "orders": "delivered (1 attempt)", "refunds": "delivered (1 attempt)"}
+
+
+def test_a_failure_is_retried_with_jitter_then_delivered(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    endpoint.script("/orders", Answer(500), Answer(302, {"Location": "/elsewhere"}))
+    process_callback(netaxept(admin, "d-2", authorized=True))
+    work(delivering)
+    event = recent_events(redis_client, "shop-eu")[0]
+    job_id = delivery_job_id(event.id, "orders")
+    assert 80 - 2 <= scheduled_in(delivering, job_id) <= 120 + 2  # 100 s, ±20%
+    make_due(delivering)
+    work(delivering)
+    assert 160 - 2 <= scheduled_in(delivering, job_id) <= 240 + 2  # a 302 is no success
+    make_due(delivering)
+    work(delivering)
+    assert len(endpoint.requests_to("/orders")) == 3
+    ids = {r.headers["webhook-id"] for r in endpoint.requests_to("/orders")}
+    assert ids == {event.id}
+    attempts = [json.loads(a) for a in redis_client.lrange(attempts_key(event.id, "orders"),
+                                                           0, -1)]
+    assert [a["status"] for a in attempts] == [500, 302, 200]
+    assert "delivered (3 attempts)" in delivery_states(redis_client, delivering.settings,
+                                                       event)["orders"]
+
+
+def test_retry_after_is_honoured(delivering: Runtime, admin: SimulatorClient,
+                                 endpoint: MerchantEndpoint, redis_client: redis.Redis) -> None:
+    endpoint.script("/orders", Answer(503, {"Retry-After": "3600"}))
+    process_callback(netaxept(admin, "d-3", authorized=True))
+    work(delivering)
+    event = recent_events(redis_client, "shop-eu")[0]
+    assert 3600 - 2 <= scheduled_in(delivering, delivery_job_id(event.id, "orders")) <= 3602
+
+
+def test_a_used_up_schedule_is_dead_lettered_then_replayed_with_the_same_id(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    endpoint.script("/orders", default=Answer(500))
+    process_callback(netaxept(admin, "d-4", authorized=True))
+    work(delivering)
+    for _ in range(2):  # the schedule has two steps
+        make_due(delivering)
+        work(delivering)
+    event = recent_events(redis_client, "shop-eu")[0]
+    failed = FailedJobRegistry(DELIVERIES, connection=redis_client, serializer=JSONSerializer)
+    assert delivery_job_id(event.id, "orders") in failed.get_job_ids()
+    assert delivery_states(redis_client, delivering.settings, event)["orders"] == (
+        "dead (3 attempts)")
+    letters = dead_letters(redis_client, merchant="shop-eu")
+    assert [(d.event, d.hook) for d in letters] == [(event.id, "orders")]
+
+    endpoint.script("/orders", default=Answer(200))
+    redis_client.delete(f"payhooks:event:{event.id}")  # past the dedup window: the letter
+    assert replay(redis_client, delivering.settings, letters) == 1  # keeps the event
+    assert replay(redis_client, delivering.settings, letters) == 0  # already replayed
+    work(delivering)
+    delivered = endpoint.requests_to("/orders")[-1]
+    assert delivered.headers["webhook-id"] == event.id
+    assert json.loads(delivered.body)["id"] == event.id
+    assert redis_client.zcard(DEAD) == 0
+    job = Job.fetch(delivery_job_id(event.id, "orders"), connection=redis_client,
+                    serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED
+
+
+def test_a_failing_hook_is_paused_its_deliveries_kept_and_resumed(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    endpoint.script("/orders", default=Answer(500))
+    for n in range(7):  # pause_after defaults to 5
+        process_callback(netaxept(admin, f"p-{n}", authorized=True))
+    work(delivering)
+    assert len(endpoint.requests_to("/orders")) == 5  # the last two waited, unsent
+    paused_until = float(redis_client.hget(hook_key("shop-eu", "orders"), "paused_until") or 0)
+    assert 55 <= paused_until - time.time() <= 61
+    states = [delivery_states(redis_client, delivering.settings, e)["orders"]
+              for e in recent_events(redis_client, "shop-eu")]
+    assert sum(state.startswith("retrying") for state in states) == 5
+    assert states.count("queued") == 2
+    jobs = [Job.fetch(delivery_job_id(e.id, "orders"), connection=redis_client,
+                      serializer=JSONSerializer) for e in recent_events(redis_client, "shop-eu")]
+    assert sorted(job.retries_left or 0 for job in jobs) == [1] * 5 + [2] * 2  # none spent
+
+    endpoint.script("/orders", default=Answer(200))
+    redis_client.hset(hook_key("shop-eu", "orders"), "paused_until", time.time() - 1)
+    make_due(delivering)
+    work(delivering)  # one probe succeeds and the hook resumes
+    make_due(delivering)
+    work(delivering)
+    assert not redis_client.exists(hook_key("shop-eu", "orders"))
+    assert {state.split(" ")[0] for state in (
+        delivery_states(redis_client, delivering.settings, e)["orders"]
+        for e in recent_events(redis_client, "shop-eu"))} == {"delivered"}
+
+
+def test_private_addresses_are_refused_unless_allowed(
+        worker_runtime: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis, sims: Any) -> None:
+    settings = settings_for(worker_runtime.settings.redis_url, sims.url, endpoint.url,
+                            allow_private_networks=False)
+    runtimes.install(Runtime(settings, worker_runtime.redis, worker_runtime.http))
+    process_callback(netaxept(admin, "d-5", authorized=True))
+    work(worker_runtime)
+    assert endpoint.received == []
+    event = recent_events(redis_client, "shop-eu")[0]
+    [attempt] = [json.loads(a) for a in redis_client.lrange(attempts_key(event.id, "orders"),
+                                                            0, -1)]
+    assert attempt["error"].startswith("refused")
+    assert redis_client.hget(delivery_key(event.id, "orders"), "state") == b"retrying"
+
+
+def test_a_duplicate_callback_is_delivered_once(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint) -> None:
+    callback = netaxept(admin, "d-6", authorized=True)
+    process_callback(callback)
+    process_callback(dict(callback, id=callback["id"] + "x"))  # the provider sent it twice
+    work(delivering)
+    assert len(endpoint.requests_to("/orders")) == 1
+
+
+def test_payhooks_replay_and_events_from_the_command_line(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis, sims: Any, tmp_path: Any) -> None:
+    endpoint.script("/orders", default=Answer(500))
+    process_callback(netaxept(admin, "d-7", authorized=True))
+    work(delivering)
+    for _ in range(2):
+        make_due(delivering)
+        work(delivering)
+    config_dict = worker_config(delivering.settings.redis_url, sims.url)
+    config_dict["merchants"]["shop-eu"]["hooks"][0]["url"] = f"{endpoint.url}/orders"
+    config = tmp_path / "payhooks.toml"
+    config.write_text(to_toml(config_dict))
+
+    def payhooks(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "shared.cli", *args, "--config",
+                               str(config)], capture_output=True, text=True, timeout=60,
+                              check=True)
+        return done.stdout
+
+    event = recent_events(redis_client, "shop-eu")[0]
+    assert "dead (3 attempts)" in payhooks("events", "--merchant", "shop-eu")
+    assert "1 dead-lettered delivery to replay" in payhooks("replay", "--dry-run", "--since",
+                                                            "1h")
+    assert "0 dead-lettered deliveries match" in payhooks("replay", "--hook", "refunds")
+    endpoint.script("/orders", default=Answer(200))
+    assert "replayed 1 of 1" in payhooks("replay", "--event", event.id)
+    work(delivering)
+    assert endpoint.requests_to("/orders")[-1].headers["webhook-id"] == event.id
+    [line] = [json.loads(line) for line in payhooks("events", "--json").splitlines()
+              if json.loads(line)["id"] == event.id]
+    assert line["deliveries"]["orders"] == "delivered (4 attempts)"

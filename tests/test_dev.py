@@ -1,0 +1,68 @@
+"""`payhooks dev` as a newcomer runs it: everything up, a callback of each provider simulated,
+each event seen at the sample merchant endpoint, rq-dashboard answering, Ctrl-C stopping all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.redis_server import free_port
+from shared.simulate import simulate
+
+
+def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
+        tmp_path: Path, redis_url: str) -> None:
+    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard")}
+    project = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["ingress"]),
+         "--simulators-port", str(ports["simulators"]), "--merchant-port",
+         str(ports["merchant"]), "--dashboard-port", str(ports["dashboard"])],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url,
+             "PYTHONPATH": str(project)})
+    output: list[str] = []
+    stdout = process.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: output.extend(iter(stdout.readline, "")), daemon=True).start()
+    try:
+        wait_for(lambda: any("payhooks dev is up" in line for line in output), output)
+        ingress = f"http://127.0.0.1:{ports['ingress']}"
+        simulators = f"http://127.0.0.1:{ports['simulators']}"
+        for provider in ("ixopay", "ifthenpay", "netaxept", "payex"):
+            assert simulate(provider, ingress=ingress, simulators=simulators) == 0
+        wait_for(lambda: sum("merchant endpoint received" in line for line in output) >= 6,
+                 output)
+        received = [line for line in output if "merchant endpoint received" in line]
+        for provider in ("ixopay", "ifthenpay", "netaxept", "payex"):
+            assert any(f"demo/{provider}" in line and "payment.captured" in line
+                       and "(signature verified)" in line for line in received), provider
+        dashboard = httpx.get(f"http://127.0.0.1:{ports['dashboard']}/", timeout=10)
+        assert dashboard.status_code == 200
+        metrics = httpx.get(f"{ingress}/metrics", timeout=10).text
+        assert metrics.count('outcome="accepted"') == 4
+        assert (tmp_path / ".payhooks-dev" / "payhooks.toml").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert process.returncode == 0
+    for port in ports.values():
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def wait_for(condition: Callable[[], bool], output: list[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out; output:\n" + "".join(output[-60:]))
+        time.sleep(0.2)

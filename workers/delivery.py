@@ -1,0 +1,266 @@
+"""Delivering canonical events to merchant hooks: sign, POST, record, retry, dead-letter.
+
+One RQ job per (event, hook), with a deterministic id (workers/events.py), runs
+`deliver_event`. Each attempt:
+- POSTs the event's JSON, signed the Standard Webhooks way: `webhook-id` (the event id,
+  the merchant's idempotency key), `webhook-timestamp`, and `webhook-signature`, one
+  `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` per active secret of the hook;
+- counts as delivered on a 2xx within `[delivery] timeout`; redirects are not followed, at
+  most 16 KB of the answer is read, and (unless `allow_private_networks`) a hook whose host
+  resolves to a private, loopback or link-local address is refused before connecting;
+- is recorded (time, status or error, duration) for `history` days.
+A failed attempt is retried on `retry_schedule`, each step ±20% (jitter), or after the
+hook's `Retry-After` (between 1 s and 24 h): the job sets its next interval on itself
+before failing, and RQ's scheduler brings it back. When the schedule is used up the
+delivery is dead-lettered: kept, with the event, for `payhooks replay`.
+
+Isolation: a hook that fails `pause_after` times in a row is paused, at first for a minute,
+doubling up to an hour. Its deliveries are not attempted while it is paused; they wait in
+RQ's scheduled registry, with their attempt given back, and come back when the pause ends.
+Then one of them probes the hook: a success resumes it, a failure pauses it again. So a
+dead endpoint costs the workers a few timeouts per pause, not one per delivery, and
+deliveries to every other hook go on at full speed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from redis import Redis
+from redis.typing import EncodableT
+from rq import get_current_job
+from rq.job import Job
+
+from shared.errors import PayhooksError
+from shared.http import REFUSED, make_delivery_client
+from shared.settings import DeliverySettings, HookSettings
+from workers import runtime as runtimes
+from workers.events import attempts_key, delivery_key, event_key
+
+log = structlog.get_logger("payhooks.delivery")
+RESPONSE_LIMIT = 16 * 1024
+PAUSE_FIRST, PAUSE_MAX = 60.0, 3600.0
+RETRY_AFTER_BOUNDS = (1.0, 86400.0)
+DEAD = "payhooks:dead"
+
+
+class DeliveryFailed(PayhooksError):
+    """An attempt did not end in a 2xx; RQ retries the job or it is dead-lettered."""
+
+
+class HookPaused(PayhooksError):
+    """The hook is paused; the delivery waits for the pause to end (no attempt spent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    at: float
+    status: int | None
+    error: str | None
+    duration_ms: float
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def hook_key(merchant: str, hook: str) -> str:
+    return f"payhooks:hook:{merchant}:{hook}"
+
+
+def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<signature>` for one `whsec_` secret, as the Standard Webhooks spec defines it."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    message = f"{event_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
+
+
+def signed_headers(hook: HookSettings, event_id: str, body: bytes, now: float) -> dict[str, str]:
+    timestamp = int(now)
+    return {
+        "content-type": "application/json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(secret.get_secret_value(), event_id, timestamp, body)
+                                      for secret in hook.secret),
+    }
+
+
+def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
+    """Deliver one event to one hook, once; raise to have RQ retry it."""
+    runtime = runtimes.current()
+    settings = runtime.settings
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(event_id=event_id, merchant=merchant, hook=hook_id)
+    hooks = settings.merchants[merchant].hooks if merchant in settings.merchants else ()
+    hook = next((h for h in hooks if h.id == hook_id), None)
+    body = _event_body(runtime.redis, event_id, hook_id)
+    if hook is None or body is None:
+        reason = "the hook is no longer configured" if hook is None else "the event expired"
+        _set_state(runtime.redis, event_id, hook_id, settings.delivery, state="dropped")
+        log.warning("delivery_dropped", reason=reason)
+        return {"state": "dropped", "reason": reason}
+    _wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
+    attempt = _attempt(_client(settings.delivery), hook, event_id, body)
+    return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery)
+
+
+_clients: dict[tuple[float, bool], httpx.Client] = {}
+
+
+def _client(settings: DeliverySettings) -> httpx.Client:
+    """One client per worker process and setting, so connections to hooks are reused."""
+    key = (settings.timeout, settings.allow_private_networks)
+    if key not in _clients:
+        _clients[key] = make_delivery_client(settings.timeout, settings.allow_private_networks)
+    return _clients[key]
+
+
+def _event_body(redis: Redis, event_id: str, hook_id: str) -> bytes | None:
+    """The event's JSON as recorded; after the dedup window, the dead letter's copy."""
+    body = redis.get(event_key(event_id)) or redis.hget(delivery_key(event_id, hook_id), "event")
+    return bytes(body) if isinstance(body, bytes) else None
+
+
+def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: bytes) -> Attempt:
+    started = time.time()
+    status, error, retry_after = None, None, None
+    try:
+        headers = signed_headers(hook, event_id, body, started)
+        with client.stream("POST", str(hook.url), content=body, headers=headers) as response:
+            received = 0
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                if received >= RESPONSE_LIMIT:
+                    break
+            status = response.status_code
+            retry_after = _retry_after(response.headers.get("retry-after"))
+    except httpx.ConnectError as exc:  # httpx wraps our PrivateAddressRefused in its own
+        error = str(exc) if str(exc).startswith(REFUSED) else "could not connect"
+    except httpx.TimeoutException:
+        error = "timeout"
+    except httpx.HTTPError as exc:
+        error = exc.__class__.__name__
+    return Attempt(started, status, error, round((time.time() - started) * 1000, 1),
+                   retry_after)
+
+
+def _settle(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body: bytes,
+            attempt: Attempt, settings: DeliverySettings) -> dict[str, Any]:
+    number = _record_attempt(redis, event_id, hook.id, attempt, settings)
+    outcome = {"status": attempt.status, "error": attempt.error, "attempt": number,
+               "duration_ms": attempt.duration_ms, "url_host": hook.url.host}
+    if attempt.ok:
+        redis.delete(hook_key(merchant, hook.id))
+        _set_state(redis, event_id, hook.id, settings, state="delivered", attempts=number)
+        log.info("event_delivered", **outcome)
+        return {"state": "delivered", **outcome}
+    _note_failure(redis, merchant, hook, settings)
+    job = get_current_job()
+    if job is not None and job.retries_left:
+        delay = _next_delay(settings.retry_schedule, number, attempt.retry_after)
+        job.retry_intervals = [max(1, round(delay))]
+        _set_state(redis, event_id, hook.id, settings, state="retrying", attempts=number,
+                   next_at=time.time() + delay)
+        log.warning("delivery_failed", next_in_s=round(delay, 1), **outcome)
+    else:
+        _dead_letter(redis, merchant, hook.id, event_id, body, number, settings)
+        log.error("delivery_dead_lettered", **outcome)
+    raise DeliveryFailed(f"attempt {number}: {attempt.status or attempt.error}")
+
+
+def _next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(max(retry_after, RETRY_AFTER_BOUNDS[0]), RETRY_AFTER_BOUNDS[1])
+    step = schedule[min(attempt, len(schedule)) - 1] if schedule else 60.0
+    return step * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+
+
+def _record_attempt(redis: Redis, event_id: str, hook_id: str, attempt: Attempt,
+                    settings: DeliverySettings) -> int:
+    key = attempts_key(event_id, hook_id)
+    entry = orjson.dumps({"at": attempt.at, "status": attempt.status, "error": attempt.error,
+                          "duration_ms": attempt.duration_ms})
+    pipe = redis.pipeline()
+    pipe.rpush(key, entry)
+    pipe.expire(key, int(settings.history))
+    pipe.hincrby(delivery_key(event_id, hook_id), "attempts", 1)
+    _, _, number = pipe.execute()
+    return int(number)
+
+
+def _set_state(redis: Redis, event_id: str, hook_id: str, settings: DeliverySettings,
+               **fields: EncodableT) -> None:
+    key = delivery_key(event_id, hook_id)
+    mapping: dict[EncodableT, EncodableT] = {"updated_at": time.time()}
+    mapping.update(fields)
+    pipe = redis.pipeline()
+    pipe.hset(key, mapping=mapping)
+    pipe.expire(key, int(settings.history))
+    pipe.execute()
+
+
+def _dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: bytes,
+                 attempts: int, settings: DeliverySettings) -> None:
+    _set_state(redis, event_id, hook_id, settings, state="dead", attempts=attempts,
+               event=body, merchant=merchant)
+    redis.zadd(DEAD, {f"{merchant}|{event_id}|{hook_id}": time.time()})
+
+
+def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
+                  settings: DeliverySettings) -> None:
+    """Count a failure in a row; pause the hook when there are `pause_after` of them."""
+    key = hook_key(merchant, hook.id)
+    failures = int(redis.hincrby(key, "failures", 1))
+    redis.expire(key, int(settings.history))
+    was_paused = redis.hexists(key, "paused_until")  # a failed probe pauses it again at once
+    if failures >= settings.pause_after or was_paused:
+        trips = int(redis.hincrby(key, "trips", 1))
+        pause = min(PAUSE_FIRST * 2 ** (trips - 1), PAUSE_MAX)
+        redis.hset(key, mapping={"paused_until": time.time() + pause, "failures": 0})
+        log.warning("hook_paused", pause_s=pause, trips=trips)
+
+
+def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
+                    settings: DeliverySettings) -> None:
+    """HookPaused (with this attempt given back) while the hook is paused, or while another
+    delivery is probing it after a pause."""
+    key = hook_key(merchant, hook.id)
+    paused_until = float(redis.hget(key, "paused_until") or 0)
+    now = time.time()
+    if now < paused_until:
+        _defer(paused_until - now + random.uniform(0, 5))  # noqa: S311 - spread the wake-ups
+    if paused_until and not redis.set(f"{key}:probe", 1, nx=True, ex=int(settings.timeout) + 5):
+        _defer(settings.timeout + random.uniform(0, 5))  # noqa: S311
+
+
+def _defer(seconds: float) -> None:
+    job: Job | None = get_current_job()
+    if job is not None and job.retries_left is not None:
+        job.retries_left += 1  # waiting for a paused hook is not an attempt
+        job.retry_intervals = [max(1, round(seconds))]
+    raise HookPaused(f"hook paused, next try in {seconds:.0f} s")

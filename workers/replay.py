@@ -1,0 +1,104 @@
+"""`payhooks replay`: send dead-lettered deliveries again, under the same event id.
+
+A dead letter is a delivery job that used up its retry schedule (workers/delivery.py). It
+stays in RQ's failed registry and in `payhooks:dead`, a sorted set of
+`merchant|event|hook` by the time it died, and its delivery hash keeps the event's JSON.
+Replaying takes it out of `payhooks:dead` (so two replays cannot both send it), gives the
+job a fresh retry schedule and puts it back on `deliveries` under its own job id: the
+merchant receives the same `webhook-id` as before.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from shared.queue import DELIVERIES
+from shared.settings import Settings
+from workers.delivery import DEAD
+from workers.events import DELIVER_EVENT, delivery_job_id, delivery_key
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    merchant: str
+    event: str
+    hook: str
+    died_at: float
+
+    @property
+    def member(self) -> str:
+        return f"{self.merchant}|{self.event}|{self.hook}"
+
+
+def dead_letters(redis: Redis, *, event: str | None = None, hook: str | None = None,
+                 merchant: str | None = None, since: float | None = None,
+                 until: float | None = None) -> list[DeadLetter]:
+    """The dead letters that match every given filter, oldest first."""
+    found = []
+    entries: list[tuple[bytes, float]] = redis.zrangebyscore(  # type: ignore[assignment]
+        DEAD, since or "-inf", until or "+inf", withscores=True)
+    for raw, score in entries:
+        member = raw.decode()
+        if member.count("|") != 2:
+            continue
+        merchant_id, event_id, hook_id = member.split("|", 2)
+        letter = DeadLetter(merchant_id, event_id, hook_id, died_at=float(score))
+        if (event in (None, letter.event) and hook in (None, letter.hook)
+                and merchant in (None, letter.merchant)):
+            found.append(letter)
+    return found
+
+
+def replay(redis: Redis, settings: Settings, letters: list[DeadLetter],
+           progress: Callable[[int, int], None] | None = None) -> int:
+    """Queue these dead letters for delivery again; how many were queued."""
+    queue = Queue(DELIVERIES, connection=redis, serializer=JSONSerializer)
+    failed = FailedJobRegistry(DELIVERIES, connection=redis, serializer=JSONSerializer)
+    schedule = [int(step) for step in settings.delivery.retry_schedule]
+    replayed = 0
+    for done, letter in enumerate(letters, 1):
+        if redis.zrem(DEAD, letter.member):  # else another replay took it
+            _requeue(redis, queue, failed, letter, schedule)
+            replayed += 1
+        if progress is not None:
+            progress(done, len(letters))
+    return replayed
+
+
+def _requeue(redis: Redis, queue: Queue, failed: FailedJobRegistry, letter: DeadLetter,
+             schedule: list[int]) -> None:
+    job_id = delivery_job_id(letter.event, letter.hook)
+    redis.hset(delivery_key(letter.event, letter.hook),
+               mapping={"state": "queued", "replayed_at": time.time()})
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:  # RQ's copy expired (failure_ttl): make the same job again
+        queue.enqueue(DELIVER_EVENT, letter.event, letter.merchant, letter.hook, job_id=job_id,
+                      retry=Retry(max=len(schedule), interval=schedule), job_timeout=120,
+                      result_ttl=7 * 86400, failure_ttl=90 * 86400)
+        return
+    failed.remove(job)
+    job.retries_left = len(schedule)
+    job.retry_intervals = schedule
+    job.save()
+    queue.enqueue_job(job)
+
+
+def text_progress(done: int, total: int) -> None:
+    """A progress bar on stderr, for long replays."""
+    width = 30
+    filled = width * done // total if total else width
+    sys.stderr.write(f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
