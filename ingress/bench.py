@@ -322,13 +322,21 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _persistence(client: redis.Redis) -> str:
+    config = client.config_get("appendonly")
+    if config.get("appendonly") != "yes":
+        return "no persistence"
+    return f"AOF, appendfsync {client.config_get('appendfsync')['appendfsync']}"
+
+
 def header(setup: Setup, seconds: float, connections: int, server_cpu: int, rounds: int) -> str:
     model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
     return (
         f"payhooks ingress benchmark: {connections} connections, medians of {rounds} rounds of "
         f"{seconds:g} s (bare, then ingress), wrk "
         f"on CPU {setup.load_cpu}, server on CPU {server_cpu}, Redis "
-        f"{setup.redis.info('server')['redis_version']} (no persistence, on CPU {setup.load_cpu})"
+        f"{setup.redis.info('server')['redis_version']} ({_persistence(setup.redis)}, on CPU "
+        f"{setup.load_cpu})"
         f"\nmachine: {os.cpu_count()} cores, {model.group(1) if model else 'unknown CPU'}, "
         f"Python {platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop "
         f"{_version('uvloop')}; {REQUESTS_PER_PROVIDER} distinct requests per provider\n"
@@ -361,10 +369,12 @@ def summary(rows: list[Row]) -> list[str]:
     return lines
 
 
-def _start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int]) -> Setup:
+def _start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int],
+           appendfsync: str | None) -> Setup:
     """Redis, the ingress and the bare server, each stopped when `stack` closes."""
     directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="payhooks-bench-")))
-    server = RedisServer()
+    server = RedisServer(appendonly=appendfsync is not None,
+                         appendfsync=appendfsync or "everysec")
     process = stack.enter_context(server).process
     if process is not None:  # pin every thread: Redis starts its I/O threads early
         for task in Path(f"/proc/{process.pid}/task").iterdir():
@@ -381,7 +391,8 @@ def _start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int]) -
     return Setup(wrk, cpus[1], bare, ingress, client, directory)
 
 
-def run(duration: float, connections: int, providers: list[str], rounds: int = 3) -> int:
+def run(duration: float, connections: int, providers: list[str], rounds: int = 3,
+        appendfsync: str | None = None) -> int:
     """Run the benchmark and print its table; 0 when every request was answered and stored."""
     unknown = [p for p in providers if p not in BUILDERS]
     if unknown or not providers:
@@ -398,7 +409,7 @@ def run(duration: float, connections: int, providers: list[str], rounds: int = 3
     rows: list[Row] = []
     try:
         with contextlib.ExitStack() as stack:
-            setup = _start(stack, [wrk, "-t1", f"-c{connections}"], cpus)
+            setup = _start(stack, [wrk, "-t1", f"-c{connections}"], cpus, appendfsync)
             print(header(setup, duration, connections, cpus[0], rounds), flush=True)
             for provider in providers:
                 rows.append(bench_provider(setup, provider, duration, rounds))

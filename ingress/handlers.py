@@ -20,10 +20,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from ingress import app as app_keys
+from shared import metrics as shared_metrics
 from shared.errors import CallbackRejected, Forbidden, StoreUnavailable, TooLarge
 from shared.models import callback_json, new_callback_id, utcnow
 from shared.providers.base import Incoming, Provider
-from shared.queue import CALLBACKS, DELIVERIES
+from shared.queue import CALLBACKS, DEAD_LETTERS, DELIVERIES
 
 log = structlog.get_logger("payhooks.ingress")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -160,10 +161,17 @@ async def metrics(request: web.Request) -> web.Response:
     store = request.app[app_keys.STORE]
     app_metrics.store_batches, app_metrics.store_jobs = store.batches, store.jobs
     try:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hgetall(shared_metrics.KEY)
+        pipe.zcard(DEAD_LETTERS)
+        pipe.scard(shared_metrics.PAUSED)
         for queue in (CALLBACKS, DELIVERIES):
-            app_metrics.queue_depth[queue] = await redis.llen(f"rq:queue:{queue}")
+            pipe.llen(f"rq:queue:{queue}")
+        stored, dead, paused, *depths = await pipe.execute()
+        app_metrics.system = list(shared_metrics.families(
+            stored, dead, paused, dict(zip((CALLBACKS, DELIVERIES), depths, strict=True))))
     except (RedisError, OSError):
-        pass  # the depth stays at its last reading; /readyz tells that Redis is down
+        pass  # the system figures stay at their last reading; /readyz tells Redis is down
     return web.Response(
         body=generate_latest(app_metrics.registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST},

@@ -12,12 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 ACK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
@@ -28,7 +23,7 @@ class IngressMetrics:
         self._ack_counts: defaultdict[str, list[int]] = defaultdict(
             lambda: [0] * (len(ACK_BUCKETS) + 1))
         self._ack_sums: defaultdict[str, float] = defaultdict(float)
-        self.queue_depth: dict[str, int] = {}
+        self.system: list[Metric] = []  # the workers' figures, read from Redis at each scrape
         self.store_batches = 0  # set from the JobStore at each scrape
         self.store_jobs = 0
         self.registry = CollectorRegistry(auto_describe=False)
@@ -63,8 +58,4 @@ class IngressMetrics:
                                   value=self.store_batches)
         yield CounterMetricFamily("payhooks_store_jobs", "Jobs the job store wrote",
                                   value=self.store_jobs)
-        depth = GaugeMetricFamily("payhooks_queue_depth", "Jobs waiting in a queue",
-                                  labels=["queue"])
-        for queue, value in sorted(self.queue_depth.items()):
-            depth.add_metric([queue], value)
-        yield depth
+        yield from self.system

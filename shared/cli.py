@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_ingress.add_argument("--rounds", type=int, default=3,
                                help="bare/ingress pairs per provider; medians are reported")
     bench_ingress.add_argument("--quick", action="store_true", help="one round of 2 s, for CI")
+    bench_ingress.add_argument("--appendfsync", choices=["everysec", "always"],
+                               help="Redis with AOF and this fsync policy (default: none)")
     bench_ingress.set_defaults(run=_bench_ingress)
     bench_worker = bench_parts.add_parser(
         "worker", help="one worker's process_callback rate next to RQ's no-op rate, and the "
@@ -214,6 +216,7 @@ def _bench_ingress(args: argparse.Namespace) -> int:
         connections=args.connections,
         providers=[p for p in args.providers.split(",") if p],
         rounds=1 if args.quick else args.rounds,
+        appendfsync=args.appendfsync,
     )
 
 

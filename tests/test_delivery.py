@@ -17,6 +17,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from standardwebhooks import Webhook
 
+from ingress.app import create_app
 from shared.queue import DELIVERIES
 from shared.settings import Settings, settings_from_dict
 from shared.simulators.client import SimulatorClient
@@ -184,6 +185,7 @@ def test_a_failing_hook_is_paused_its_deliveries_kept_and_resumed(
     assert len(endpoint.requests_to("/orders")) == 5  # the last two waited, unsent
     paused_until = float(redis_client.hget(hook_key("shop-eu", "orders"), "paused_until") or 0)
     assert 55 <= paused_until - time.time() <= 61
+    assert redis_client.sismember("payhooks:paused", "shop-eu/orders")
     states = [delivery_states(redis_client, delivering.settings, e)["orders"]
               for e in recent_events(redis_client, "shop-eu")]
     assert sum(state.startswith("retrying") for state in states) == 5
@@ -199,6 +201,7 @@ def test_a_failing_hook_is_paused_its_deliveries_kept_and_resumed(
     make_due(delivering)
     work(delivering)
     assert not redis_client.exists(hook_key("shop-eu", "orders"))
+    assert not redis_client.sismember("payhooks:paused", "shop-eu/orders")
     assert {state.split(" ")[0] for state in (
         delivery_states(redis_client, delivering.settings, e)["orders"]
         for e in recent_events(redis_client, "shop-eu"))} == {"delivered"}
@@ -261,3 +264,29 @@ def test_payhooks_replay_and_events_from_the_command_line(
     [line] = [json.loads(line) for line in payhooks("events", "--json").splitlines()
               if json.loads(line)["id"] == event.id]
     assert line["deliveries"]["orders"] == "delivered (4 attempts)"
+
+
+async def test_the_ingress_metrics_count_what_the_workers_did(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        aiohttp_client: Any) -> None:
+    endpoint.script("/refunds", default=Answer(500))
+    process_callback(netaxept(admin, "m-1", authorized=True, captured=100, credited=100))
+    work(delivering)
+    for _ in range(2):
+        make_due(delivering)
+        work(delivering)
+    client = await aiohttp_client(create_app(delivering.settings))
+    text = await (await client.get("/metrics")).text()
+    expected = [
+        'payhooks_callbacks_processed_total{outcome="recorded",provider="netaxept"} 1.0',
+        'payhooks_events_recorded_total{provider="netaxept",type="payment.captured"} 1.0',
+        'payhooks_deliveries_total{hook="orders",merchant="shop-eu",outcome="delivered"} 3.0',
+        'payhooks_deliveries_total{hook="refunds",merchant="shop-eu",outcome="failed"} 2.0',
+        'payhooks_deliveries_total{hook="refunds",merchant="shop-eu",outcome="dead"} 1.0',
+        'payhooks_followup_seconds_count{provider="netaxept"} 1.0',
+        "payhooks_dead_letters 1.0",
+        'payhooks_queue_depth{queue="deliveries"} 0.0',
+    ]
+    for line in expected:
+        assert line in text, line
+    assert "payhooks_paused_hooks 0.0" in text

@@ -40,8 +40,10 @@ from redis.typing import EncodableT
 from rq import get_current_job
 from rq.job import Job
 
+from shared import metrics
 from shared.errors import PayhooksError
 from shared.http import REFUSED, make_delivery_client
+from shared.queue import DEAD_LETTERS
 from shared.settings import DeliverySettings, HookSettings
 from workers import runtime as runtimes
 from workers.events import attempts_key, delivery_key, event_key
@@ -50,7 +52,7 @@ log = structlog.get_logger("payhooks.delivery")
 RESPONSE_LIMIT = 16 * 1024
 PAUSE_FIRST, PAUSE_MAX = 60.0, 3600.0
 RETRY_AFTER_BOUNDS = (1.0, 86400.0)
-DEAD = "payhooks:dead"
+DEAD = DEAD_LETTERS
 
 
 class DeliveryFailed(PayhooksError):
@@ -110,6 +112,9 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         _set_state(runtime.redis, event_id, hook_id, settings.delivery, state="dropped")
         log.warning("delivery_dropped", reason=reason)
         return {"state": "dropped", "reason": reason}
+    origin = runtime.redis.hget(delivery_key(event_id, hook_id), "callback_id")
+    if isinstance(origin, bytes):  # follow a callback through to its deliveries in the logs
+        structlog.contextvars.bind_contextvars(callback_id=origin.decode())
     _wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
     attempt = _attempt(_client(settings.delivery), hook, event_id, body)
     return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery)
@@ -158,10 +163,13 @@ def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: byte
 def _settle(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body: bytes,
             attempt: Attempt, settings: DeliverySettings) -> dict[str, Any]:
     number = _record_attempt(redis, event_id, hook.id, attempt, settings)
+    metrics.observe(redis, "delivery_seconds", attempt.duration_ms / 1000, merchant)
     outcome = {"status": attempt.status, "error": attempt.error, "attempt": number,
                "duration_ms": attempt.duration_ms, "url_host": hook.url.host}
     if attempt.ok:
+        metrics.count(redis, "deliveries", merchant, hook.id, "delivered")
         redis.delete(hook_key(merchant, hook.id))
+        redis.srem(metrics.PAUSED, f"{merchant}/{hook.id}")
         _set_state(redis, event_id, hook.id, settings, state="delivered", attempts=number)
         log.info("event_delivered", **outcome)
         return {"state": "delivered", **outcome}
@@ -172,8 +180,10 @@ def _settle(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body
         job.retry_intervals = [max(1, round(delay))]
         _set_state(redis, event_id, hook.id, settings, state="retrying", attempts=number,
                    next_at=time.time() + delay)
+        metrics.count(redis, "deliveries", merchant, hook.id, "failed")
         log.warning("delivery_failed", next_in_s=round(delay, 1), **outcome)
     else:
+        metrics.count(redis, "deliveries", merchant, hook.id, "dead")
         _dead_letter(redis, merchant, hook.id, event_id, body, number, settings)
         log.error("delivery_dead_lettered", **outcome)
     raise DeliveryFailed(f"attempt {number}: {attempt.status or attempt.error}")
@@ -242,6 +252,7 @@ def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
         trips = int(redis.hincrby(key, "trips", 1))
         pause = min(PAUSE_FIRST * 2 ** (trips - 1), PAUSE_MAX)
         redis.hset(key, mapping={"paused_until": time.time() + pause, "failures": 0})
+        redis.sadd(metrics.PAUSED, f"{merchant}/{hook.id}")
         log.warning("hook_paused", pause_s=pause, trips=trips)
 
 

@@ -102,7 +102,7 @@ def _record_one(
                 if built is None:
                     return None
                 pipe.multi()
-                _write(pipe, queue, built, payment, fact, hooks, retry_schedule)
+                _write(pipe, queue, built, payment, fact, hooks, retry_schedule, callback.id)
                 pipe.execute()
                 return built
             except WatchError:
@@ -131,7 +131,8 @@ def _event(event: str, callback: Callback, fact: Fact, state: dict[str, int]
 
 
 def _write(pipe: Pipeline, queue: Queue, event: PaymentEvent, payment: str, fact: Fact,
-           hooks: Sequence[HookSettings], retry_schedule: Sequence[float]) -> None:
+           hooks: Sequence[HookSettings], retry_schedule: Sequence[float],
+           callback_id: str) -> None:
     state: dict[EncodableT, EncodableT] = {"sequence": event.data.sequence}
     if fact.total_minor is not None:
         state[f"total:{fact.type.status}"] = fact.total_minor
@@ -146,7 +147,8 @@ def _write(pipe: Pipeline, queue: Queue, event: PaymentEvent, payment: str, fact
         if wants(hook, event.type.value):
             key = delivery_key(event.id, hook.id)
             pipe.hset(key, mapping={"state": "queued", "attempts": 0,
-                                    "merchant": event.data.merchant})
+                                    "merchant": event.data.merchant,
+                                    "callback_id": callback_id})
             pipe.expire(key, DEDUP_SECONDS)
             queue.enqueue(
                 DELIVER_EVENT, event.id, event.data.merchant, hook.id,

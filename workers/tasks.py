@@ -23,6 +23,7 @@ import orjson
 import structlog
 from rq import get_current_job
 
+from shared import metrics
 from shared.errors import ProviderRejected, ProviderUnavailable, UnsupportedEvent
 from shared.models import Callback
 from workers import runtime as runtimes
@@ -44,26 +45,35 @@ def process_callback(callback_data: dict[str, Any]) -> dict[str, Any]:
         provider = runtime.providers.get(callback.merchant, {}).get(callback.provider)
         if merchant is None or provider is None:
             raise ProviderRejected("the merchant or provider is no longer configured")
+        asked = time.perf_counter()
         facts = provider.follow_up(callback, runtime.follow_up_context())
+        metrics.observe(runtime.redis, "followup_seconds", time.perf_counter() - asked,
+                        callback.provider)
         events = record(runtime.redis, callback, facts, merchant.hooks,
                         runtime.settings.delivery.retry_schedule)
     except UnsupportedEvent as exc:
-        _done("unsupported", started, reason=str(exc))
+        _done(runtime, callback, "unsupported", started, reason=str(exc))
         return {"events": [], "unsupported": str(exc)}
     except ProviderUnavailable as exc:
-        _done("retry", started, reason=str(exc), level="warning")
+        metrics.count(runtime.redis, "followup_errors", callback.provider, "unavailable")
+        _done(runtime, callback, "retry", started, reason=str(exc), level="warning")
         raise
     except ProviderRejected as exc:
         job = get_current_job()
         if job is not None:
             job.retries_left = 0  # a permanent answer: RQ would retry any failure
-        _done("rejected", started, reason=str(exc), level="error")
+        metrics.count(runtime.redis, "followup_errors", callback.provider, "rejected")
+        _done(runtime, callback, "rejected", started, reason=str(exc), level="error")
         raise
-    _done("recorded", started, facts=len(facts), new_events=[e.id for e in events],
-          types=[e.type.value for e in events])
+    for event in events:
+        metrics.count(runtime.redis, "events_recorded", callback.provider, event.type.value)
+    _done(runtime, callback, "recorded", started, facts=len(facts),
+          new_events=[e.id for e in events], types=[e.type.value for e in events])
     return {"events": [e.id for e in events], "facts": len(facts)}
 
 
-def _done(outcome: str, started: float, level: str = "info", **fields: Any) -> None:
+def _done(runtime: runtimes.Runtime, callback: Callback, outcome: str, started: float,
+          level: str = "info", **fields: Any) -> None:
+    metrics.count(runtime.redis, "callbacks_processed", callback.provider, outcome)
     getattr(log, level)("callback_processed", outcome=outcome,
                         duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
