@@ -1,7 +1,7 @@
 """The workers' metrics, kept in Redis so that every worker on every host adds to one total.
 
-Workers count (`count`) and time (`observe`) into one Redis hash; the ingress's `/metrics`
-turns the hash into Prometheus families (`families`), next to its own, with the state
+Workers count and time into one Redis hash (a `Batch` per job: one round trip); the
+ingress's `/metrics` turns it into Prometheus families (`families`), next to its own, with the state
 Redis holds anyway: queue depths, dead letters, paused hooks. One scrape of any ingress
 replica shows the whole system. Labels are providers, merchants, hooks and outcomes: all
 bounded by the configuration.
@@ -20,7 +20,6 @@ from prometheus_client.core import (
     Metric,
 )
 from redis import Redis
-from redis.client import Pipeline
 
 KEY = "payhooks:metrics"
 PAUSED = "payhooks:paused"  # the paused hooks, as merchant/hook
@@ -45,17 +44,31 @@ def _field(name: str, labels: tuple[str, ...]) -> str:
     return "|".join((name, *labels))
 
 
-def count(redis: Redis | Pipeline, name: str, *labels: str, amount: int = 1) -> None:
-    redis.hincrby(KEY, _field(name, labels), amount)
+class Batch:
+    """Counts and timings of one job, sent to Redis together in one round trip."""
 
+    def __init__(self) -> None:
+        self._counts: list[tuple[str, int]] = []
+        self._sums: list[tuple[str, float]] = []
 
-def observe(redis: Redis | Pipeline, name: str, seconds: float, *labels: str) -> None:
-    bucket = bisect_left(BUCKETS, seconds)
-    pipe = redis.pipeline(transaction=False) if isinstance(redis, Redis) else redis
-    pipe.hincrby(KEY, _field(f"{name}:bucket:{bucket}", labels), 1)
-    pipe.hincrbyfloat(KEY, _field(f"{name}:sum", labels), seconds)
-    if pipe is not redis:
+    def count(self, name: str, *labels: str, amount: int = 1) -> None:
+        self._counts.append((_field(name, labels), amount))
+
+    def observe(self, name: str, seconds: float, *labels: str) -> None:
+        self._counts.append((_field(f"{name}:bucket:{bisect_left(BUCKETS, seconds)}", labels), 1))
+        self._sums.append((_field(f"{name}:sum", labels), seconds))
+
+    def send(self, redis: Redis) -> None:
+        if not (self._counts or self._sums):
+            return
+        pipe = redis.pipeline(transaction=False)
+        for field, amount in self._counts:
+            pipe.hincrby(KEY, field, amount)
+        for field, seconds in self._sums:
+            pipe.hincrbyfloat(KEY, field, seconds)
         pipe.execute()
+        self._counts.clear()
+        self._sums.clear()
 
 
 def families(stored: Mapping[bytes, bytes], dead: int, paused: int,

@@ -115,6 +115,7 @@ class JobTemplate:
             *(item for pair in fields.items() for item in pair),
         ]
         self._packed_start = resp(["EVALSHA", ENQUEUE_SCRIPT_SHA, 0, *self._fixed])
+        self._fields = fields
 
     def data(self, argument_json: bytes) -> bytes:
         """RQ's `data` field for a call with one JSON argument, zlib-framed as RQ stores it.
@@ -125,6 +126,19 @@ class JobTemplate:
         compressor = zlib.compressobj(0, zlib.DEFLATED, 9, 1)
         payload = self._data_prefix + argument_json + b"], {}]"
         return compressor.compress(payload) + compressor.flush()
+
+    def job_hash(self, arguments_json: bytes, description: str) -> dict[EncodableT, EncodableT]:
+        """The whole rq:job:<id> hash of a job called with these JSON arguments (without
+        the brackets), for writing inside a transaction of our own."""
+        stamp = utcformat(now())
+        fields: dict[EncodableT, EncodableT] = {k: v for k, v in self._fields.items()}
+        fields.update(data=self.data(arguments_json), created_at=stamp, enqueued_at=stamp,
+                      description=description)
+        return fields
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return Job.redis_job_namespace_prefix + job_id
 
     def script_args(self, jobs: Sequence[PendingJob]) -> list[EncodableT]:
         """The ARGV of ENQUEUE_SCRIPT for these jobs."""

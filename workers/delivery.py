@@ -162,12 +162,22 @@ def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: byte
 
 def _settle(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body: bytes,
             attempt: Attempt, settings: DeliverySettings) -> dict[str, Any]:
+    batch = metrics.Batch()
+    batch.observe("delivery_seconds", attempt.duration_ms / 1000, merchant)
+    try:
+        return _outcome(redis, merchant, hook, event_id, body, attempt, settings, batch)
+    finally:
+        batch.send(redis)
+
+
+def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body: bytes,
+             attempt: Attempt, settings: DeliverySettings, batch: metrics.Batch
+             ) -> dict[str, Any]:
     number = _record_attempt(redis, event_id, hook.id, attempt, settings)
-    metrics.observe(redis, "delivery_seconds", attempt.duration_ms / 1000, merchant)
     outcome = {"status": attempt.status, "error": attempt.error, "attempt": number,
                "duration_ms": attempt.duration_ms, "url_host": hook.url.host}
     if attempt.ok:
-        metrics.count(redis, "deliveries", merchant, hook.id, "delivered")
+        batch.count("deliveries", merchant, hook.id, "delivered")
         redis.delete(hook_key(merchant, hook.id))
         redis.srem(metrics.PAUSED, f"{merchant}/{hook.id}")
         _set_state(redis, event_id, hook.id, settings, state="delivered", attempts=number)
@@ -180,10 +190,10 @@ def _settle(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body
         job.retry_intervals = [max(1, round(delay))]
         _set_state(redis, event_id, hook.id, settings, state="retrying", attempts=number,
                    next_at=time.time() + delay)
-        metrics.count(redis, "deliveries", merchant, hook.id, "failed")
+        batch.count("deliveries", merchant, hook.id, "failed")
         log.warning("delivery_failed", next_in_s=round(delay, 1), **outcome)
     else:
-        metrics.count(redis, "deliveries", merchant, hook.id, "dead")
+        batch.count("deliveries", merchant, hook.id, "dead")
         _dead_letter(redis, merchant, hook.id, event_id, body, number, settings)
         log.error("delivery_dead_lettered", **outcome)
     raise DeliveryFailed(f"attempt {number}: {attempt.status or attempt.error}")

@@ -1,32 +1,34 @@
 """Turning facts into canonical events, exactly once, with their delivery jobs.
 
 An event's id is a hash of the merchant, the provider, the payment and the fact's key, so
-the same fact always has the same id however often and however late it is reported. Each
-new fact is recorded in one Redis transaction (WATCH on the event and on the payment,
-then MULTI/EXEC) that together: stores the event (its key is the deduplication record,
-kept `DEDUP_SECONDS`, longer than any provider retries), takes the payment's next
-`sequence`, updates the payment's running totals, adds the event to the listings and
-enqueues one delivery job per matching hook under a deterministic job id. A worker killed
-anywhere leaves either all of that or none of it; running the job again records what is
-missing and nothing twice.
+the same fact always has the same id however often and however late it is reported. A
+callback's new facts are recorded, per payment, in one Redis transaction (WATCH on the
+events and on the payment, then MULTI/EXEC) that together: stores each event (its key is
+the deduplication record, kept `DEDUP_SECONDS`, longer than any provider retries), takes
+the payment's next `sequence`, updates the payment's running totals, adds the event to the
+listings and enqueues one delivery job per matching hook under a deterministic job id (a
+real RQ job, written from a template RQ built, as the ingress writes callback jobs). A
+worker killed anywhere leaves either all of that or none of it; running the job again
+records what is missing and nothing twice.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import time
 from collections.abc import Sequence
 
+import orjson
 from redis import Redis, WatchError
 from redis.client import Pipeline
 from redis.typing import EncodableT
-from rq import Queue, Retry
-from rq.serializers import JSONSerializer
+from rq import Retry
 
 from shared.models import Callback, EventData, Fact, PaymentEvent, utcnow
 from shared.money import to_decimal_string
-from shared.queue import DELIVERIES
+from shared.queue import DELIVERIES, JobTemplate
 from shared.settings import HookSettings
 
 DEDUP_SECONDS = 10 * 86400  # IXOPAY retries for about 7 days 18 hours
@@ -76,35 +78,44 @@ def record(
     retry_schedule: Sequence[float],
 ) -> list[PaymentEvent]:
     """Record the facts not recorded yet, in order; the new events."""
-    queue = Queue(DELIVERIES, connection=redis, serializer=JSONSerializer)
-    new = []
+    template = delivery_template(tuple(retry_schedule))
+    payments: dict[str, list[Fact]] = {}
     for fact in facts:
-        event = _record_one(redis, queue, callback, fact, hooks, retry_schedule)
-        if event is not None:
-            new.append(event)
+        payments.setdefault(fact.payment_id, []).append(fact)
+    new: list[PaymentEvent] = []
+    for payment_facts in payments.values():
+        new += _record_payment(redis, template, callback, payment_facts, hooks)
     return new
 
 
-def _record_one(
-    redis: Redis, queue: Queue, callback: Callback, fact: Fact, hooks: Sequence[HookSettings],
-    retry_schedule: Sequence[float],
-) -> PaymentEvent | None:
-    event = event_id(callback.merchant, callback.provider, fact)
-    payment = f"payhooks:payment:{callback.merchant}:{callback.provider}:{fact.payment_id}"
+def _record_payment(
+    redis: Redis, template: JobTemplate, callback: Callback, facts: list[Fact],
+    hooks: Sequence[HookSettings],
+) -> list[PaymentEvent]:
+    """One transaction for all the new facts of one payment: four round trips in all."""
+    ids = [event_id(callback.merchant, callback.provider, fact) for fact in facts]
+    keys = [event_key(event) for event in ids]
+    payment = f"payhooks:payment:{callback.merchant}:{callback.provider}:{facts[0].payment_id}"
     with redis.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(event_key(event), payment)  # type: ignore[no-untyped-call]
-                if pipe.exists(event_key(event)):
-                    return None
+                pipe.watch(payment, *keys)  # type: ignore[no-untyped-call]
+                recorded = pipe.mget(keys)
                 state = {_text(k): int(v) for k, v in pipe.hgetall(payment).items()}
-                built = _event(event, callback, fact, state)
-                if built is None:
-                    return None
+                events = []
+                for event, fact, known in zip(ids, facts, recorded, strict=True):
+                    built = None if known else _event(event, callback, fact, state)
+                    if built is not None:
+                        events.append((built, fact))
+                        state["sequence"] = built.data.sequence
+                        if fact.total_minor is not None:
+                            state[f"total:{fact.type.status}"] = fact.total_minor
+                if not events:
+                    return []
                 pipe.multi()
-                _write(pipe, queue, built, payment, fact, hooks, retry_schedule, callback.id)
+                _write(pipe, template, events, payment, state, hooks, callback.id)
                 pipe.execute()
-                return built
+                return [event for event, _ in events]
             except WatchError:
                 continue  # another worker recorded something for this payment: look again
 
@@ -130,30 +141,47 @@ def _event(event: str, callback: Callback, fact: Fact, state: dict[str, int]
     )
 
 
-def _write(pipe: Pipeline, queue: Queue, event: PaymentEvent, payment: str, fact: Fact,
-           hooks: Sequence[HookSettings], retry_schedule: Sequence[float],
+def _write(pipe: Pipeline, template: JobTemplate, events: list[tuple[PaymentEvent, Fact]],
+           payment: str, state: dict[str, int], hooks: Sequence[HookSettings],
            callback_id: str) -> None:
-    state: dict[EncodableT, EncodableT] = {"sequence": event.data.sequence}
-    if fact.total_minor is not None:
-        state[f"total:{fact.type.status}"] = fact.total_minor
-    pipe.hset(payment, mapping=state)
+    payment_state: dict[EncodableT, EncodableT] = {k: v for k, v in state.items()}
+    pipe.hset(payment, mapping=payment_state)
     pipe.expire(payment, PAYMENT_SECONDS)
-    pipe.set(event_key(event.id), event.model_dump_json(), ex=DEDUP_SECONDS)
-    score = event.timestamp.timestamp()
-    for index in (merchant_events_key(event.data.merchant), ALL_EVENTS):
-        pipe.zadd(index, {event.id: score})
-        pipe.zremrangebyscore(index, 0, time.time() - DEDUP_SECONDS)
-    for hook in hooks:
-        if wants(hook, event.type.value):
-            key = delivery_key(event.id, hook.id)
-            pipe.hset(key, mapping={"state": "queued", "attempts": 0,
-                                    "merchant": event.data.merchant,
-                                    "callback_id": callback_id})
-            pipe.expire(key, DEDUP_SECONDS)
-            queue.enqueue(
-                DELIVER_EVENT, event.id, event.data.merchant, hook.id,
-                job_id=delivery_job_id(event.id, hook.id), pipeline=pipe,
-                retry=Retry(max=len(retry_schedule), interval=[int(s) for s in retry_schedule]),
-                job_timeout=120, result_ttl=7 * 86400, failure_ttl=90 * 86400,
-                description=f"deliver {event.id} to {event.data.merchant}/{hook.id}",
-            )
+    queued = False
+    for event, _fact in events:
+        pipe.set(event_key(event.id), event.model_dump_json(), ex=DEDUP_SECONDS)
+        score = event.timestamp.timestamp()
+        for index in (merchant_events_key(event.data.merchant), ALL_EVENTS):
+            pipe.zadd(index, {event.id: score})
+            pipe.zremrangebyscore(index, 0, time.time() - DEDUP_SECONDS)
+        for hook in hooks:
+            if wants(hook, event.type.value):
+                _enqueue_delivery(pipe, template, event, hook.id, callback_id)
+                queued = True
+    if queued:
+        pipe.sadd(template.queues_key, template.queue_key)
+
+
+def _enqueue_delivery(pipe: Pipeline, template: JobTemplate, event: PaymentEvent, hook: str,
+                      callback_id: str) -> None:
+    """What Queue.enqueue does for the deterministic delivery job, inside our transaction."""
+    merchant = event.data.merchant
+    key = delivery_key(event.id, hook)
+    pipe.hset(key, mapping={"state": "queued", "attempts": 0, "merchant": merchant,
+                            "callback_id": callback_id})
+    pipe.expire(key, DEDUP_SECONDS)
+    job_id = delivery_job_id(event.id, hook)
+    arguments = orjson.dumps([event.id, merchant, hook])[1:-1]
+    pipe.hset(template.job_key(job_id),
+              mapping=template.job_hash(arguments, f"deliver {event.id} to {merchant}/{hook}"))
+    pipe.rpush(template.queue_key, job_id)
+
+
+@functools.cache
+def delivery_template(retry_schedule: tuple[float, ...]) -> JobTemplate:
+    """The delivery jobs' template (built by RQ once per process and retry schedule)."""
+    steps = [int(step) for step in retry_schedule] or [60]
+    return JobTemplate(DELIVERIES, DELIVER_EVENT, {
+        "timeout": 120, "result_ttl": 7 * 86400, "failure_ttl": 90 * 86400,
+        "retry": Retry(max=len(steps), interval=steps),
+    })

@@ -40,6 +40,15 @@ def process_callback(callback_data: dict[str, Any]) -> dict[str, Any]:
     structlog.contextvars.bind_contextvars(
         callback_id=callback.id, merchant=callback.merchant, provider=callback.provider)
     runtime = runtimes.current()
+    batch = metrics.Batch()
+    try:
+        return _process(runtime, callback, started, batch)
+    finally:
+        batch.send(runtime.redis)
+
+
+def _process(runtime: runtimes.Runtime, callback: Callback, started: float,
+             batch: metrics.Batch) -> dict[str, Any]:
     try:
         merchant = runtime.settings.merchants.get(callback.merchant)
         provider = runtime.providers.get(callback.merchant, {}).get(callback.provider)
@@ -47,33 +56,32 @@ def process_callback(callback_data: dict[str, Any]) -> dict[str, Any]:
             raise ProviderRejected("the merchant or provider is no longer configured")
         asked = time.perf_counter()
         facts = provider.follow_up(callback, runtime.follow_up_context())
-        metrics.observe(runtime.redis, "followup_seconds", time.perf_counter() - asked,
-                        callback.provider)
+        batch.observe("followup_seconds", time.perf_counter() - asked, callback.provider)
         events = record(runtime.redis, callback, facts, merchant.hooks,
                         runtime.settings.delivery.retry_schedule)
     except UnsupportedEvent as exc:
-        _done(runtime, callback, "unsupported", started, reason=str(exc))
+        _done(batch, callback, "unsupported", started, reason=str(exc))
         return {"events": [], "unsupported": str(exc)}
     except ProviderUnavailable as exc:
-        metrics.count(runtime.redis, "followup_errors", callback.provider, "unavailable")
-        _done(runtime, callback, "retry", started, reason=str(exc), level="warning")
+        batch.count("followup_errors", callback.provider, "unavailable")
+        _done(batch, callback, "retry", started, reason=str(exc), level="warning")
         raise
     except ProviderRejected as exc:
         job = get_current_job()
         if job is not None:
             job.retries_left = 0  # a permanent answer: RQ would retry any failure
-        metrics.count(runtime.redis, "followup_errors", callback.provider, "rejected")
-        _done(runtime, callback, "rejected", started, reason=str(exc), level="error")
+        batch.count("followup_errors", callback.provider, "rejected")
+        _done(batch, callback, "rejected", started, reason=str(exc), level="error")
         raise
     for event in events:
-        metrics.count(runtime.redis, "events_recorded", callback.provider, event.type.value)
-    _done(runtime, callback, "recorded", started, facts=len(facts),
+        batch.count("events_recorded", callback.provider, event.type.value)
+    _done(batch, callback, "recorded", started, facts=len(facts),
           new_events=[e.id for e in events], types=[e.type.value for e in events])
     return {"events": [e.id for e in events], "facts": len(facts)}
 
 
-def _done(runtime: runtimes.Runtime, callback: Callback, outcome: str, started: float,
+def _done(batch: metrics.Batch, callback: Callback, outcome: str, started: float,
           level: str = "info", **fields: Any) -> None:
-    metrics.count(runtime.redis, "callbacks_processed", callback.provider, outcome)
+    batch.count("callbacks_processed", callback.provider, outcome)
     getattr(log, level)("callback_processed", outcome=outcome,
                         duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
