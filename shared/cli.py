@@ -104,6 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     bench_ingress.add_argument("--appendfsync", choices=["everysec", "always"],
                                help="Redis with AOF and this fsync policy (default: none)")
     bench_ingress.set_defaults(run=_bench_ingress)
+    bench_delivery = bench_parts.add_parser(
+        "delivery", help="deliveries/s to an endpoint that answers at once, and with a hook "
+                         "timing out beside it")
+    bench_delivery.add_argument("--deliveries", type=int, default=3000, help="a phase")
+    bench_delivery.add_argument("--rounds", type=int, default=3)
+    bench_delivery.add_argument("--timeout", type=float, default=2.0,
+                                help="[delivery] timeout, seconds (default 2)")
+    bench_delivery.add_argument("--quick", action="store_true", help="300 deliveries, 1 round")
+    bench_delivery.set_defaults(run=_bench_delivery)
     bench_worker = bench_parts.add_parser(
         "worker", help="one worker's process_callback rate next to RQ's no-op rate, and the "
         "latency from the ingress's 200 to the delivery jobs")
@@ -218,6 +227,14 @@ def _bench_ingress(args: argparse.Namespace) -> int:
         rounds=1 if args.quick else args.rounds,
         appendfsync=args.appendfsync,
     )
+
+
+def _bench_delivery(args: argparse.Namespace) -> int:
+    from workers.bench_delivery import run
+
+    if args.quick:
+        return run(deliveries=300, rounds=1, timeout=1.0)
+    return run(deliveries=args.deliveries, rounds=args.rounds, timeout=args.timeout)
 
 
 def _bench_worker(args: argparse.Namespace) -> int:

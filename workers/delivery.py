@@ -14,7 +14,9 @@ hook's `Retry-After` (between 1 s and 24 h): the job sets its next interval on i
 before failing, and RQ's scheduler brings it back. When the schedule is used up the
 delivery is dead-lettered: kept, with the event, for `payhooks replay`.
 
-Isolation: a hook that fails `pause_after` times in a row is paused, at first for a minute,
+Isolation: while a hook is failing, only one attempt to it is in flight at a time (its
+other deliveries step aside for a moment, their attempt given back), so it occupies at
+most one worker. A hook that fails `pause_after` times in a row is paused, at first for a minute,
 doubling up to an hour. Its deliveries are not attempted while it is paused; they wait in
 RQ's scheduled registry, with their attempt given back, and come back when the pause ends.
 Then one of them probes the hook: a success resumes it, a failure pauses it again. So a
@@ -115,8 +117,12 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     origin = runtime.redis.hget(delivery_key(event_id, hook_id), "callback_id")
     if isinstance(origin, bytes):  # follow a callback through to its deliveries in the logs
         structlog.contextvars.bind_contextvars(callback_id=origin.decode())
-    _wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
-    attempt = _attempt(_client(settings.delivery), hook, event_id, body)
+    probing = _wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
+    try:
+        attempt = _attempt(_client(settings.delivery), hook, event_id, body)
+    finally:
+        if probing:
+            runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
     return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery)
 
 
@@ -267,16 +273,22 @@ def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
 
 
 def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
-                    settings: DeliverySettings) -> None:
+                    settings: DeliverySettings) -> bool:
     """HookPaused (with this attempt given back) while the hook is paused, or while another
-    delivery is probing it after a pause."""
+    worker has an attempt in flight to a hook that is failing. True when this delivery holds
+    that hook's probe lock, to give back after its attempt: a failing hook never occupies
+    more than one worker, however many of its deliveries are due."""
     key = hook_key(merchant, hook.id)
-    paused_until = float(redis.hget(key, "paused_until") or 0)
+    paused_until, failures = (float(value or 0) for value in
+                              redis.hmget(key, ["paused_until", "failures"]))
     now = time.time()
     if now < paused_until:
         _defer(paused_until - now + random.uniform(0, 5))  # noqa: S311 - spread the wake-ups
-    if paused_until and not redis.set(f"{key}:probe", 1, nx=True, ex=int(settings.timeout) + 5):
-        _defer(settings.timeout + random.uniform(0, 5))  # noqa: S311
+    if not (paused_until or failures):
+        return False
+    if not redis.set(f"{key}:probe", 1, nx=True, ex=int(settings.timeout) + 5):
+        _defer(min(settings.timeout, 10.0) + random.uniform(0, 2))  # noqa: S311
+    return True
 
 
 def _defer(seconds: float) -> None:
