@@ -290,3 +290,24 @@ async def test_the_ingress_metrics_count_what_the_workers_did(
     for line in expected:
         assert line in text, line
     assert "payhooks_paused_hooks 0.0" in text
+
+
+def test_a_failing_hook_gets_one_attempt_in_flight_at_a_time(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    redis_client.hset(hook_key("shop-eu", "orders"), "failures", 2)  # failing, not yet paused
+    redis_client.set(f"{hook_key('shop-eu', 'orders')}:probe", 1, ex=30)  # another worker's
+    process_callback(netaxept(admin, "f-1", authorized=True))
+    work(delivering)
+    assert endpoint.requests_to("/orders") == []
+    event = recent_events(redis_client, "shop-eu")[0]
+    job = Job.fetch(delivery_job_id(event.id, "orders"), connection=redis_client,
+                    serializer=JSONSerializer)
+    assert job.retries_left == 2  # stepping aside spends no attempt
+    assert 9 <= scheduled_in(delivering, job.id) <= 12  # min(timeout 15, 10) + up to 2 s
+
+    redis_client.delete(f"{hook_key('shop-eu', 'orders')}:probe")  # that attempt ended
+    make_due(delivering)
+    work(delivering)
+    assert len(endpoint.requests_to("/orders")) == 1
+    assert not redis_client.exists(hook_key("shop-eu", "orders"))  # a success resets it
