@@ -48,6 +48,7 @@ from shared.providers.base import (
     FollowUp,
     Incoming,
     join_url,
+    keep_headers,
     load_json_object,
     same_secret,
 )
@@ -110,8 +111,7 @@ class Netaxept:
             raise Malformed("TransactionId is missing or not a string")
         if not TRANSACTION_ID.fullmatch(transaction_id):
             raise Malformed("TransactionId is not a well-formed id")
-        headers = {k: request.headers[k] for k in _KEPT_HEADERS if k in request.headers}
-        return Accepted(transaction_id, request.uri, headers)
+        return Accepted(transaction_id, request.uri, keep_headers(request.headers, _KEPT_HEADERS))
 
 
 def _parse(content: bytes) -> Element:

@@ -31,7 +31,14 @@ from typing import Any, ClassVar
 from shared.errors import Malformed, ProviderRejected, ProviderUnavailable
 from shared.http import send
 from shared.models import Callback, EventType, Fact
-from shared.providers.base import Accepted, FollowUp, Incoming, join_url, load_json_object
+from shared.providers.base import (
+    Accepted,
+    FollowUp,
+    Incoming,
+    join_url,
+    keep_headers,
+    load_json_object,
+)
 from shared.settings import PayexSettings
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -153,8 +160,7 @@ class Payex:
     def verify(self, request: Incoming) -> Accepted:
         data = load_json_object(request.body)
         reference = check_shape(data)
-        headers = {k: request.headers[k] for k in _KEPT_HEADERS if k in request.headers}
-        return Accepted(reference, request.uri, headers)
+        return Accepted(reference, request.uri, keep_headers(request.headers, _KEPT_HEADERS))
 
 
 def check_shape(data: dict[str, Any]) -> str:
