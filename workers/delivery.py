@@ -254,7 +254,9 @@ def _dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body:
                  attempts: int, settings: DeliverySettings) -> None:
     _set_state(redis, event_id, hook_id, settings, state="dead", attempts=attempts,
                event=body, merchant=merchant)
-    redis.zadd(DEAD, {f"{merchant}|{event_id}|{hook_id}": time.time()})
+    now = time.time()
+    redis.zadd(DEAD, {f"{merchant}|{event_id}|{hook_id}": now})
+    redis.zremrangebyscore(DEAD, 0, now - settings.history)  # their events are gone too
 
 
 def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
