@@ -1,9 +1,10 @@
 """Fixtures: a real Redis, test settings, an ingress on a real aiohttp server, the provider
 simulators (real HTTP servers on 127.0.0.1) and a worker runtime pointed at them.
 
-Redis: `PAYHOOKS_TEST_REDIS_URL` if set; else the server on 127.0.0.1:6379 (database 13,
-flushed around each test) if one answers; else a redis-server this session starts on a
-free port (installed with apt-get when missing and running as root).
+Redis: `PAYHOOKS_TEST_REDIS_URL` if set; else a redis-server this session starts on a free
+port (installed with apt-get when missing and running as root), so that test runs, other
+projects and benchmarks on the same machine never share data; else, if none can be
+started, database 13 of the server on 127.0.0.1:6379. It is flushed around each test.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if answers("redis://127.0.0.1:6379/13"):
+    try:
+        server = RedisServer().start()
+    except RuntimeError:
+        if not answers("redis://127.0.0.1:6379/13"):
+            raise
         yield "redis://127.0.0.1:6379/13"
         return
-    with RedisServer() as server:
+    try:
         yield server.url
+    finally:
+        server.close()
 
 
 @pytest.fixture
