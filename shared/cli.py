@@ -122,6 +122,25 @@ def _parser() -> argparse.ArgumentParser:
     bench_worker.add_argument("--quick", action="store_true",
                               help="200 callbacks, one round, 3 s end to end, for CI")
     bench_worker.set_defaults(run=_bench_worker)
+    bench_all = bench_parts.add_parser(
+        "all", help="the whole system on this machine: ingress, pipeline, scaling, memory "
+        "and durability in one table, with a plot")
+    bench_all.add_argument("--quick", action="store_true",
+                           help="runs of 1 s, 1 and 2 workers: under a minute, for CI")
+    bench_all.add_argument("--duration", type=float, default=10.0,
+                           help="seconds a measured run (default 10)")
+    bench_all.add_argument("--rounds", type=int, default=3, help="ingress rounds (default 3)")
+    bench_all.add_argument("--workers", default="1,2,4,8", metavar="N,N,...",
+                           help="worker counts of the scaling part (default 1,2,4,8)")
+    bench_all.add_argument("--pipeline-workers", type=int, default=4, metavar="N",
+                           help="workers of the pipeline part (default 4)")
+    bench_all.add_argument("--loads", default="0.5,0.9", metavar="SHARE,...",
+                           help="shares of the pipeline's capacity to run at (default 0.5,0.9)")
+    bench_all.add_argument("--mix", default="ixopay=25,ifthenpay=25,netaxept=25,payex=25",
+                           metavar="P=W,...", help="providers' weights in the load")
+    bench_all.add_argument("--results", default=".bench-results", metavar="DIR",
+                           help="where results.md and bench.png go (default .bench-results/)")
+    bench_all.set_defaults(run=_bench_all)
     return parser
 
 
@@ -243,6 +262,23 @@ def _bench_worker(args: argparse.Namespace) -> int:
     if args.quick:
         return run(callbacks=200, rounds=1, e2e_seconds=3.0)
     return run(callbacks=args.callbacks, rounds=args.rounds)
+
+
+def _bench_all(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shared.bench import Options, parse_counts, parse_mix, parse_shares, run
+
+    try:
+        options = Options(duration=args.duration, rounds=args.rounds,
+                          workers=parse_counts(args.workers),
+                          pipeline_workers=args.pipeline_workers,
+                          loads=parse_shares(args.loads), mix=parse_mix(args.mix),
+                          results=Path(args.results))
+    except ValueError as exc:
+        print(f"payhooks bench all: {exc}", file=sys.stderr)
+        return 2
+    return run(options.quickened() if args.quick else options)
 
 
 if __name__ == "__main__":
