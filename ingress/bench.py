@@ -278,7 +278,7 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(setup: Setup, url: str, requests: Path, seconds: float) -> WrkResult:
-    argv = [*setup.wrk, f"-d{seconds:g}s", url, "--", str(requests)]
+    argv = [*setup.wrk, f"-d{max(1, round(seconds))}s", url, "--", str(requests)]  # whole s
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
                           preexec_fn=_pin(setup.load_cpu), check=False)
     if done.returncode != 0:
