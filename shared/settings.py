@@ -69,6 +69,10 @@ class _Section(BaseModel):
 
 class _ProviderSection(_Section):
     allowed_ips: tuple[Network, ...] = ()
+    # Follow-up queries a minute for this merchant and provider, across all workers: a flood
+    # of forged callbacks (Netaxept's and PayEx's carry no proof) cannot spend the merchant's
+    # API quota; beyond it, callbacks wait and are retried.
+    max_follow_ups_per_minute: int = Field(default=600, ge=1)
 
 
 class IxopaySettings(_ProviderSection):

@@ -21,6 +21,7 @@ from rq.serializers import JSONSerializer
 from shared.errors import ProviderRejected, ProviderUnavailable
 from shared.models import Callback, EventType, Fact, PaymentEvent
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
+from shared.settings import settings_from_dict
 from shared.simulators import callbacks as build
 from shared.simulators.client import SimulatorClient
 from tests.helpers import (
@@ -30,7 +31,9 @@ from tests.helpers import (
     NETAXEPT_USER,
     raw,
     stored_callback,
+    worker_config,
 )
+from workers import runtime as runtimes
 from workers.events import delivery_job_id, record
 from workers.listing import recent_events
 from workers.runtime import Runtime
@@ -317,3 +320,20 @@ def test_a_real_worker_fails_a_rejected_callback_without_retrying(
     job.refresh()
     assert job.retries_left == 0
     assert "unknown transaction" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+
+
+def test_a_flood_of_callbacks_cannot_spend_the_merchants_api_quota(
+        worker_runtime: Runtime, admin: SimulatorClient, redis_client: redis.Redis,
+        sims: Any) -> None:
+    config = worker_config(worker_runtime.settings.redis_url, sims.url)
+    config["merchants"]["shop-eu"]["netaxept"]["max_follow_ups_per_minute"] = 3
+    runtimes.install(Runtime(settings_from_dict(config, environ={}), worker_runtime.redis,
+                             worker_runtime.http))
+    forged = [netaxept_callback(f"forged-{n}") for n in range(3)]  # unknown transactions
+    for callback in forged:
+        with pytest.raises(ProviderRejected):
+            process_callback(callback)
+    genuine = netaxept(admin, "real-1", authorized=True)
+    with pytest.raises(ProviderUnavailable, match="a minute already used"):
+        process_callback(genuine)  # waits for the next minute: retried, not dropped
+    assert admin.stats()["requests"]["netaxept"] == 3
