@@ -25,8 +25,8 @@ from shared.simulators.merchant import Answer, MerchantEndpoint
 from tests.helpers import HOOK_SECRET, to_toml, worker_config
 from tests.test_tasks import netaxept
 from workers import runtime as runtimes
-from workers.delivery import DEAD, hook_key
-from workers.events import attempts_key, delivery_job_id, delivery_key
+from workers.delivery import DEAD
+from workers.events import attempts_key, delivery_job_id, delivery_key, hook_key
 from workers.listing import delivery_states, recent_events
 from workers.replay import dead_letters, replay
 from workers.runtime import Runtime
@@ -311,3 +311,23 @@ def test_a_failing_hook_gets_one_attempt_in_flight_at_a_time(
     work(delivering)
     assert len(endpoint.requests_to("/orders")) == 1
     assert not redis_client.exists(hook_key("shop-eu", "orders"))  # a success resets it
+
+
+def test_a_paused_hooks_new_deliveries_wait_scheduled_for_the_end_of_the_pause(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    until = time.time() + 600
+    redis_client.hset(hook_key("shop-eu", "orders"), "paused_until", until)
+    process_callback(netaxept(admin, "s-1", authorized=True))
+    event = recent_events(redis_client, "shop-eu")[0]
+    job_id = delivery_job_id(event.id, "orders")
+    assert redis_client.llen("rq:queue:deliveries") == 0  # not run, not even to step aside
+    assert until - 2 <= scheduled_in(delivering, job_id) + time.time() <= until + 2
+    assert delivery_states(redis_client, delivering.settings, event)["orders"] == "paused"
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    assert (job.get_status(), job.retries_left) == (JobStatus.SCHEDULED, 2)
+
+    redis_client.hset(hook_key("shop-eu", "orders"), "paused_until", time.time() - 1)
+    make_due(delivering)  # the scheduler, once the pause is over
+    work(delivering)
+    assert [r.headers["webhook-id"] for r in endpoint.requests_to("/orders")] == [event.id]

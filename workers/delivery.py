@@ -48,7 +48,7 @@ from shared.http import REFUSED, make_delivery_client
 from shared.queue import DEAD_LETTERS
 from shared.settings import DeliverySettings, HookSettings
 from workers import runtime as runtimes
-from workers.events import attempts_key, delivery_key, event_key
+from workers.events import attempts_key, delivery_key, event_key, hook_key
 
 log = structlog.get_logger("payhooks.delivery")
 RESPONSE_LIMIT = 16 * 1024
@@ -76,10 +76,6 @@ class Attempt:
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
-
-
-def hook_key(merchant: str, hook: str) -> str:
-    return f"payhooks:hook:{merchant}:{hook}"
 
 
 def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:

@@ -25,6 +25,7 @@ from redis import Redis, WatchError
 from redis.client import Pipeline
 from redis.typing import EncodableT
 from rq import Retry
+from rq.job import JobStatus
 
 from shared.models import Callback, EventData, Fact, PaymentEvent, utcnow
 from shared.money import to_decimal_string
@@ -64,6 +65,11 @@ def attempts_key(event: str, hook: str) -> str:
     return f"payhooks:attempts:{event}:{hook}"
 
 
+def hook_key(merchant: str, hook: str) -> str:
+    """The hash with a hook's health: failures in a row, pauses (workers/delivery.py)."""
+    return f"payhooks:hook:{merchant}:{hook}"
+
+
 def merchant_events_key(merchant: str) -> str:
     return f"payhooks:events:{merchant}"
 
@@ -79,18 +85,32 @@ def record(
 ) -> list[PaymentEvent]:
     """Record the facts not recorded yet, in order; the new events."""
     template = delivery_template(tuple(retry_schedule))
+    paused = _paused_hooks(redis, callback.merchant, hooks)
     payments: dict[str, list[Fact]] = {}
     for fact in facts:
         payments.setdefault(fact.payment_id, []).append(fact)
     new: list[PaymentEvent] = []
     for payment_facts in payments.values():
-        new += _record_payment(redis, template, callback, payment_facts, hooks)
+        new += _record_payment(redis, template, callback, payment_facts, hooks, paused)
     return new
+
+
+def _paused_hooks(redis: Redis, merchant: str, hooks: Sequence[HookSettings]
+                  ) -> dict[str, float]:
+    """The merchant's hooks paused now, with the end of their pause (one round trip)."""
+    if not hooks:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for hook in hooks:
+        pipe.hget(hook_key(merchant, hook.id), "paused_until")
+    now = time.time()
+    return {hook.id: float(until) for hook, until in zip(hooks, pipe.execute(), strict=True)
+            if until is not None and float(until) > now}
 
 
 def _record_payment(
     redis: Redis, template: JobTemplate, callback: Callback, facts: list[Fact],
-    hooks: Sequence[HookSettings],
+    hooks: Sequence[HookSettings], paused: dict[str, float],
 ) -> list[PaymentEvent]:
     """One transaction for all the new facts of one payment: four round trips in all."""
     ids = [event_id(callback.merchant, callback.provider, fact) for fact in facts]
@@ -113,7 +133,7 @@ def _record_payment(
                 if not events:
                     return []
                 pipe.multi()
-                _write(pipe, template, events, payment, state, hooks, callback.id)
+                _write(pipe, template, events, payment, state, hooks, callback.id, paused)
                 pipe.execute()
                 return [event for event, _ in events]
             except WatchError:
@@ -143,7 +163,7 @@ def _event(event: str, callback: Callback, fact: Fact, state: dict[str, int]
 
 def _write(pipe: Pipeline, template: JobTemplate, events: list[tuple[PaymentEvent, Fact]],
            payment: str, state: dict[str, int], hooks: Sequence[HookSettings],
-           callback_id: str) -> None:
+           callback_id: str, paused: dict[str, float]) -> None:
     payment_state: dict[EncodableT, EncodableT] = {k: v for k, v in state.items()}
     pipe.hset(payment, mapping=payment_state)
     pipe.expire(payment, PAYMENT_SECONDS)
@@ -156,25 +176,33 @@ def _write(pipe: Pipeline, template: JobTemplate, events: list[tuple[PaymentEven
             pipe.zremrangebyscore(index, 0, time.time() - DEDUP_SECONDS)
         for hook in hooks:
             if wants(hook, event.type.value):
-                _enqueue_delivery(pipe, template, event, hook.id, callback_id)
+                _enqueue_delivery(pipe, template, event, hook.id, callback_id,
+                                  paused.get(hook.id))
                 queued = True
     if queued:
         pipe.sadd(template.queues_key, template.queue_key)
 
 
 def _enqueue_delivery(pipe: Pipeline, template: JobTemplate, event: PaymentEvent, hook: str,
-                      callback_id: str) -> None:
-    """What Queue.enqueue does for the deterministic delivery job, inside our transaction."""
+                      callback_id: str, paused_until: float | None) -> None:
+    """What Queue.enqueue does for the deterministic delivery job, inside our transaction;
+    for a paused hook, what Queue.schedule_job does, for the end of the pause (so that the
+    job does not run, and step aside, while the hook is paused)."""
     merchant = event.data.merchant
     key = delivery_key(event.id, hook)
-    pipe.hset(key, mapping={"state": "queued", "attempts": 0, "merchant": merchant,
-                            "callback_id": callback_id})
+    pipe.hset(key, mapping={"state": "paused" if paused_until else "queued", "attempts": 0,
+                            "merchant": merchant, "callback_id": callback_id})
     pipe.expire(key, DEDUP_SECONDS)
     job_id = delivery_job_id(event.id, hook)
     arguments = orjson.dumps([event.id, merchant, hook])[1:-1]
-    pipe.hset(template.job_key(job_id),
-              mapping=template.job_hash(arguments, f"deliver {event.id} to {merchant}/{hook}"))
-    pipe.rpush(template.queue_key, job_id)
+    fields = template.job_hash(arguments, f"deliver {event.id} to {merchant}/{hook}")
+    if paused_until is None:
+        pipe.hset(template.job_key(job_id), mapping=fields)
+        pipe.rpush(template.queue_key, job_id)
+        return
+    fields["status"] = JobStatus.SCHEDULED.value
+    pipe.hset(template.job_key(job_id), mapping=fields)
+    pipe.zadd(f"rq:scheduled:{DELIVERIES}", {job_id: int(paused_until) + 1})
 
 
 @functools.cache
