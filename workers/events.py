@@ -85,13 +85,12 @@ def record(
 ) -> list[PaymentEvent]:
     """Record the facts not recorded yet, in order; the new events."""
     template = delivery_template(tuple(retry_schedule))
-    paused = _paused_hooks(redis, callback.merchant, hooks)
     payments: dict[str, list[Fact]] = {}
     for fact in facts:
         payments.setdefault(fact.payment_id, []).append(fact)
     new: list[PaymentEvent] = []
     for payment_facts in payments.values():
-        new += _record_payment(redis, template, callback, payment_facts, hooks, paused)
+        new += _record_payment(redis, template, callback, payment_facts, hooks)
     return new
 
 
@@ -110,9 +109,10 @@ def _paused_hooks(redis: Redis, merchant: str, hooks: Sequence[HookSettings]
 
 def _record_payment(
     redis: Redis, template: JobTemplate, callback: Callback, facts: list[Fact],
-    hooks: Sequence[HookSettings], paused: dict[str, float],
+    hooks: Sequence[HookSettings],
 ) -> list[PaymentEvent]:
-    """One transaction for all the new facts of one payment: four round trips in all."""
+    """One transaction for all the new facts of one payment: four round trips, and one to
+    see which hooks are paused when there is something new to deliver."""
     ids = [event_id(callback.merchant, callback.provider, fact) for fact in facts]
     keys = [event_key(event) for event in ids]
     payment = f"payhooks:payment:{callback.merchant}:{callback.provider}:{facts[0].payment_id}"
@@ -131,7 +131,8 @@ def _record_payment(
                         if fact.total_minor is not None:
                             state[f"total:{fact.type.status}"] = fact.total_minor
                 if not events:
-                    return []
+                    return []  # a duplicate: nothing more to read or write
+                paused = _paused_hooks(redis, callback.merchant, hooks)
                 pipe.multi()
                 _write(pipe, template, events, payment, state, hooks, callback.id, paused)
                 pipe.execute()
