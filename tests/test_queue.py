@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import redis
@@ -14,8 +15,10 @@ from shared.queue import (
     CALLBACK_JOB_OPTIONS,
     CALLBACKS,
     ENQUEUE_SCRIPT,
+    ENQUEUE_SCRIPT_SHA,
     PROCESS_CALLBACK,
     JobTemplate,
+    resp_command,
 )
 
 SEEN: list[dict[str, Any]] = []
@@ -80,3 +83,12 @@ def test_a_real_worker_runs_a_template_job(redis_client: redis.Redis) -> None:
     job = Job.fetch("cb_run_me", connection=redis_client, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FINISHED
     assert job.return_value() == "cb_run_me"
+
+
+def test_the_ingress_encoding_is_the_same_call_as_script_args() -> None:
+    """The ingress sends evalsha_command's bytes; the tests drive script_args: one call."""
+    template = JobTemplate(CALLBACKS, PROCESS_CALLBACK, CALLBACK_JOB_OPTIONS)
+    jobs = [(f"cb_{n}", template.data(b'{"n": %d}' % n), f"job {n}") for n in range(3)]
+    stamp = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    expected = resp_command("EVALSHA", ENQUEUE_SCRIPT_SHA, 0, *template.script_args(jobs))
+    assert stamp.sub(b"T", template.evalsha_command(jobs)) == stamp.sub(b"T", expected)
