@@ -5,18 +5,39 @@ measured here, a forking worker runs about 60 no-op jobs a second and a non-fork
 about 380, and only a process that lives on can keep HTTP connections to providers and
 merchants open between jobs. The price is that a job that crashes the interpreter takes
 the worker with it; RQ then sees the job abandoned and, since every job carries a Retry,
-runs it again (jobs are idempotent). The registry clean-up that finds abandoned jobs runs
-every 30 seconds instead of RQ's 10 minutes. Start as many workers as you like, on as many
-hosts: they share the queues in Redis, and each also runs RQ's scheduler (one at a time
-holds the lock), which moves retries back onto their queue when they are due.
+runs it again (jobs are idempotent).
+
+How soon: RQ only learns that a SimpleWorker died when the lease on its job runs out, and
+by default that lease is the job's timeout plus a minute (three minutes for a callback),
+because a SimpleWorker cannot renew it while the job runs. Here a thread renews it every
+RENEW_SECONDS, so the lease can be LEASE_SECONDS; the registry clean-up that finds expired
+leases runs every MAINTENANCE_SECONDS instead of RQ's 10 minutes, idle or not (RQ's wait
+for a job, during which no clean-up runs, is cut to the same length). A worker killed
+mid-job has its job running again within about 40 s (lease, clean-up, first retry).
+
+Redis going away makes RQ's loop give up; `work` then waits until Redis answers and starts
+a fresh worker, so no one has to restart the process. Start as many workers as you like,
+on as many hosts: they share the queues in Redis, and each also runs RQ's scheduler (one
+at a time holds the lock), which moves retries back onto their queue when they are due.
+The scheduler is a child process; on Linux it is told to stop when its worker dies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
 import sys
+import threading
+import time
+from types import FrameType
 
+import redis
+import structlog
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from shared.logging import configure_logging
@@ -25,29 +46,160 @@ from shared.settings import Settings
 from workers import runtime
 from workers.runtime import Runtime
 
-MAINTENANCE_SECONDS = 30
+MAINTENANCE_SECONDS = 10
+LEASE_SECONDS = 20  # how long a running job's registry entry lasts without renewal
+RENEW_SECONDS = 5
+RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
+_PR_SET_PDEATHSIG = 1
+
+log = structlog.get_logger("payhooks.worker")
+
+
+class _Lease(threading.Thread):
+    """Renews the lease on its worker's current job, every RENEW_SECONDS, until released."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="payhooks-lease", daemon=True)
+        self.worker = worker
+        self.job: Job | None = None
+        self.lock = threading.Lock()
+
+    def hold(self, job: Job) -> None:
+        with self.lock:
+            self.job = job
+
+    def release(self) -> None:
+        with self.lock:  # waits for a renewal under way, so none comes after the job ended
+            self.job = None
+
+    def run(self) -> None:
+        while True:
+            time.sleep(RENEW_SECONDS)
+            with self.lock:
+                # in an outage, the job's own Redis calls fail too and report it
+                if self.job is not None:
+                    with contextlib.suppress(redis.RedisError):
+                        self.worker.maintain_heartbeats(self.job)
+
+
+class Worker(SimpleWorker):
+    """RQ's SimpleWorker, with a short lease on its running job that a thread renews."""
+
+    stopping = False  # a SIGTERM or SIGINT came: do not start again
+    _lease_thread: _Lease | None = None
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return LEASE_SECONDS
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False
+                              ) -> None:
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        self._lease().hold(job)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        self._lease().release()
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._lease().release()
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def _lease(self) -> _Lease:
+        if self._lease_thread is None:
+            self._lease_thread = _Lease(self)
+            self._lease_thread.start()
+        return self._lease_thread
 
 
 def build_worker(settings: Settings, queues: tuple[str, ...] = (CALLBACKS, DELIVERIES),
-                 name: str | None = None) -> SimpleWorker:
+                 name: str | None = None) -> Worker:
     """A worker for these settings, with the job runtime installed in this process."""
     runtime.install(Runtime.from_settings(settings))
     connection = Redis.from_url(settings.redis_url)
-    worker = SimpleWorker(
+    worker = Worker(
         [Queue(queue, connection=connection, serializer=JSONSerializer) for queue in queues],
         connection=connection, serializer=JSONSerializer, name=name,
+        worker_ttl=MAINTENANCE_SECONDS + 15,  # an idle worker's wait for a job ends that often
     )
     worker.maintenance_interval = MAINTENANCE_SECONDS
+    worker.max_connection_wait_time = RECONNECT_SECONDS[1]
     return worker
 
 
 def work(settings: Settings, burst: bool = False) -> int:
-    """Run a worker until SIGTERM (or, with burst, until nothing is due now)."""
+    """Run workers until SIGTERM or SIGINT (with burst: until nothing is due now). When one
+    stops because Redis went away, wait until Redis answers and start a fresh one."""
     configure_logging(settings.logging)
-    worker = build_worker(settings)
-    worked = worker.work(burst=burst, with_scheduler=True,
-                         logging_level=settings.logging.level.upper())
-    return 0 if worked or burst else 1
+    _children_stop_with_us()
+    while True:
+        worker = build_worker(settings)
+        try:
+            worked = worker.work(burst=burst, with_scheduler=True,
+                                 logging_level=settings.logging.level.upper())
+        except redis.RedisError as exc:  # raised on the way out, when Redis is gone
+            worked = False
+            log.warning("worker.redis_lost", worker=worker.name, error=exc.__class__.__name__)
+        if burst or worker.stopping:
+            return 0 if worked or burst else 1
+        log.warning("worker.restarting", worker=worker.name)
+        if not _wait_for_redis(worker.connection):
+            return 0
+        _let_go(worker)
+
+
+def _let_go(worker: Worker) -> None:
+    """What RQ's teardown could not do with Redis gone: stop the worker's pubsub thread and
+    its scheduler, and free the scheduler's locks, which would otherwise keep the next
+    worker's scheduler from starting for a minute."""
+    pubsub = getattr(worker, "pubsub_thread", None)
+    if pubsub is not None:
+        pubsub.stop()
+    if worker.scheduler is not None:
+        worker.stop_scheduler()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(redis.RedisError):
+            worker.scheduler.release_locks()  # type: ignore[no-untyped-call]
+
+
+def _wait_for_redis(connection: Redis) -> bool:
+    """Wait until Redis answers a PING (True), or until SIGTERM or SIGINT (False)."""
+    stop = threading.Event()
+
+    def stop_waiting(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stop_waiting)
+    signal.signal(signal.SIGINT, stop_waiting)
+    delay = RECONNECT_SECONDS[0]
+    while not stop.is_set():
+        try:
+            connection.ping()
+            return True
+        except redis.RedisError:
+            stop.wait(delay)
+            delay = min(delay * 2, RECONNECT_SECONDS[1])
+    return False
+
+
+def _children_stop_with_us() -> None:
+    """Make every process forked from here on (RQ's scheduler) get SIGTERM when this one
+    dies, even by SIGKILL, instead of living on without its worker (Linux only)."""
+    if sys.platform != "linux":
+        return
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def in_child() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the worker died before the prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    os.register_at_fork(after_in_child=in_child)
 
 
 if __name__ == "__main__":

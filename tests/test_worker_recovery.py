@@ -1,0 +1,173 @@
+"""Workers recover by themselves: from being killed mid-job, and from Redis going away.
+
+The workers here are `workers.__main__.work`, as `payhooks worker` runs it, in forked
+children (so that the lease and clean-up periods can be shortened for the test), on a
+Redis of the test's own with AOF on, so that it can be stopped and started again.
+The job is `slow_job`: it counts its runs in Redis, then sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue, Retry, get_current_job
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+import workers.__main__ as worker_main
+from shared.redis_server import RedisServer
+from tests.conftest import make_settings
+
+RUNS = "test:runs"
+
+
+def slow_job(seconds: float) -> None:
+    job = get_current_job()
+    assert job is not None
+    job.connection.incr(RUNS)
+    time.sleep(seconds)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with RedisServer(appendonly=True, appendfsync="always") as started:
+        yield started
+
+
+@pytest.fixture
+def short_periods(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_main, "LEASE_SECONDS", 2)
+    monkeypatch.setattr(worker_main, "RENEW_SECONDS", 0.3)
+    monkeypatch.setattr(worker_main, "MAINTENANCE_SECONDS", 1)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def enqueue(url: str, seconds: float) -> Job:
+    queue = Queue("callbacks", connection=redis.Redis.from_url(url), serializer=JSONSerializer)
+    return queue.enqueue(slow_job, seconds, retry=Retry(max=2, interval=1), job_timeout=60)
+
+
+def fork_worker(url: str) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: a worker until SIGTERM, as `payhooks worker`
+        code = 1
+        try:
+            code = worker_main.work(make_settings(url, logging={"level": "warning"}))
+        finally:
+            os._exit(code)
+    return pid
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop(pid: int) -> int:
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.parametrize("renewed", [True, False])
+def test_a_running_job_keeps_its_lease_only_while_renewed(
+    server: RedisServer, short_periods: None, monkeypatch: pytest.MonkeyPatch, renewed: bool
+) -> None:
+    if not renewed:
+        monkeypatch.setattr(worker_main, "RENEW_SECONDS", 60)
+    job = enqueue(server.url, 3.5)
+    client = redis.Redis.from_url(server.url)
+    seen: list[int | None] = []
+
+    def clean_up_after_the_lease() -> None:  # what another worker's maintenance does
+        time.sleep(2.8)
+        StartedJobRegistry("callbacks", connection=client, serializer=JSONSerializer).cleanup()
+        seen.append(Job.fetch(job.id, connection=client, serializer=JSONSerializer).retries_left)
+
+    cleaner = threading.Thread(target=clean_up_after_the_lease)
+    cleaner.start()
+    worker = worker_main.build_worker(make_settings(server.url), queues=("callbacks",))
+    worker.work(burst=True)
+    cleaner.join()
+    # renewed: the job is still held when the clean-up looks, so it is not taken for abandoned
+    assert seen == ([2] if renewed else [1])
+    if renewed:
+        assert int(client.get(RUNS) or 0) == 1
+        assert job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def test_a_killed_workers_job_runs_again_and_its_scheduler_stops(
+    server: RedisServer, short_periods: None
+) -> None:
+    client = redis.Redis.from_url(server.url)
+    job = enqueue(server.url, 3.0)
+    first = fork_worker(server.url)
+    try:
+        wait_for(lambda: client.get(RUNS) == b"1", 20, "the first worker did not start the job")
+        wait_for(lambda: children(first) != [], 10, "the worker started no scheduler")
+        scheduler = children(first)[0]
+        os.kill(first, signal.SIGKILL)
+        os.waitpid(first, 0)
+        wait_for(lambda: not alive(scheduler), 10, "the scheduler outlived its worker")
+
+        second = fork_worker(server.url)
+        try:
+            wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30,
+                     "the abandoned job was not run again")
+            assert client.get(RUNS) == b"2"
+        finally:
+            assert stop(second) == 0
+    finally:
+        if alive(first):
+            os.kill(first, signal.SIGKILL)
+
+
+def test_workers_come_back_after_a_redis_restart_without_help(
+    server: RedisServer, short_periods: None
+) -> None:
+    pid = fork_worker(server.url)
+    try:
+        client = redis.Redis.from_url(server.url)
+        wait_for(lambda: client.scard("rq:workers") == 1, 20, "the worker did not register")
+        during = enqueue(server.url, 1.5)  # running when Redis stops: abandoned, run again
+        wait_for(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
+        server.stop()
+        time.sleep(2)
+        server.start()
+        after = enqueue(server.url, 0.0)
+        for job in (after, during):
+            wait_for(lambda job=job: job.get_status(refresh=True) == JobStatus.FINISHED, 40,
+                     f"job {job.id} was not run after Redis came back")
+        assert alive(pid)  # the same process: nobody restarted it
+        assert client.get(RUNS) == b"3"
+    finally:
+        assert stop(pid) == 0
