@@ -98,10 +98,12 @@ def configure_logging(
     ]
     renderer: structlog.types.Processor
     if as_json:
-        shared.append(structlog.processors.dict_tracebacks)
+        # never the frames' local variables: they may hold secrets (settings, keys, bodies)
+        shared.append(structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     global _logger
     _logger.flush()
     _logger = logger = _StdoutLogger(buffered)
@@ -122,3 +124,5 @@ def configure_logging(
     root.setLevel(level)
     # aiohttp's access log prints request targets, and ifthenpay's carry the key.
     logging.getLogger("aiohttp.access").disabled = True
+    # httpx logs every request's URL at info, and Netaxept's Query URL carries the token.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
