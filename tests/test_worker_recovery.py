@@ -1,4 +1,5 @@
-"""Workers recover by themselves: from being killed mid-job, and from Redis going away.
+"""Workers recover by themselves: from being killed mid-job or just after taking a job, and
+from Redis going away.
 
 The workers here are `workers.__main__.work`, as `payhooks worker` runs it, in forked
 children (so that the lease and clean-up periods can be shortened for the test), on a
@@ -8,6 +9,7 @@ The job is `slow_job`: it counts its runs in Redis, then sleeps.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -59,6 +61,10 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 def enqueue(url: str, seconds: float) -> Job:
     queue = Queue("callbacks", connection=redis.Redis.from_url(url), serializer=JSONSerializer)
     return queue.enqueue(slow_job, seconds, retry=Retry(max=2, interval=1), job_timeout=60)
+
+
+def finished(job: Job) -> bool:
+    return job.get_status(refresh=True) == JobStatus.FINISHED
 
 
 def fork_worker(url: str) -> int:
@@ -123,6 +129,7 @@ def test_a_running_job_keeps_its_lease_only_while_renewed(
     if renewed:
         assert int(client.get(RUNS) or 0) == 1
         assert job.get_status(refresh=True) == JobStatus.FINISHED
+        assert client.llen("rq:queue:callbacks:intermediate") == 0
 
 
 def test_a_killed_workers_job_runs_again_and_its_scheduler_stops(
@@ -141,9 +148,10 @@ def test_a_killed_workers_job_runs_again_and_its_scheduler_stops(
 
         second = fork_worker(server.url)
         try:
-            wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30,
+            wait_for(functools.partial(finished, job), 30,
                      "the abandoned job was not run again")
             assert client.get(RUNS) == b"2"
+            assert client.llen("rq:queue:callbacks:intermediate") == 0
         finally:
             assert stop(second) == 0
     finally:
@@ -165,9 +173,45 @@ def test_workers_come_back_after_a_redis_restart_without_help(
         server.start()
         after = enqueue(server.url, 0.0)
         for job in (after, during):
-            wait_for(lambda job=job: job.get_status(refresh=True) == JobStatus.FINISHED, 40,
+            wait_for(functools.partial(finished, job), 40,
                      f"job {job.id} was not run after Redis came back")
         assert alive(pid)  # the same process: nobody restarted it
         assert client.get(RUNS) == b"3"
     finally:
         assert stop(pid) == 0
+
+
+def test_a_job_taken_by_a_worker_that_dies_at_once_is_found_again(server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url)
+    names = ("callbacks", "deliveries")  # a worker of two queues, as `payhooks worker` is
+
+    def take(queue_class: type[Queue]) -> Job:
+        queues = [queue_class(name, connection=client, serializer=JSONSerializer)
+                  for name in names]
+        taken = queue_class.dequeue_any(queues, None, connection=client,
+                                        serializer=JSONSerializer)
+        assert taken is not None
+        return taken[0]
+
+    def anywhere(job: Job) -> bool:
+        lists = [f"rq:queue:{name}{suffix}" for name in names for suffix in ("", ":intermediate")]
+        return any(job.id.encode() in client.lrange(key, 0, -1) for key in lists) or any(
+            client.zscore(f"rq:{registry}:{name}", job.id) is not None
+            for registry in ("scheduled", "failed") for name in names)
+
+    # RQ's own two-queue dequeue is a BLPOP: the job is then in no list at all
+    enqueue(server.url, 0.0)
+    assert not anywhere(take(Queue))
+
+    job = enqueue(server.url, 0.0)
+    assert take(worker_main.SafeQueue).id == job.id  # ...and the worker dies here
+    assert client.lrange("rq:queue:callbacks:intermediate", 0, -1) == [job.id.encode()]
+    worker = worker_main.build_worker(make_settings(server.url))
+    queue = worker.queues[0]
+    queue.intermediate_queue.cleanup(worker, queue)  # maintenance notes the job...
+    first_seen = queue.intermediate_queue.get_first_seen_key(job.id)
+    client.set(first_seen, time.time() - 120)
+    queue.intermediate_queue.cleanup(worker, queue)  # ...and a minute later retries it
+    job.refresh()
+    assert (job.get_status(), job.retries_left) == (JobStatus.SCHEDULED, 1)
+    assert client.llen("rq:queue:callbacks:intermediate") == 0

@@ -15,6 +15,11 @@ leases runs every MAINTENANCE_SECONDS instead of RQ's 10 minutes, idle or not (R
 for a job, during which no clean-up runs, is cut to the same length). A worker killed
 mid-job has its job running again within about 40 s (lease, clean-up, first retry).
 
+Taking a job is safe too. For a worker of several queues RQ uses BLPOP, and a worker killed
+between that pop and registering the job would lose it (it is then in no list at all).
+Here every job moves from its queue to the queue's intermediate list, where RQ's clean-up
+finds it after a minute if nobody registered it, as RQ does for a worker of one queue.
+
 Redis going away makes RQ's loop give up; `work` then waits until Redis answers and starts
 a fresh worker, so no one has to restart the process. Start as many workers as you like,
 on as many hosts: they share the queues in Redis, and each also runs RQ's scheduler (one
@@ -31,12 +36,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import redis
 import structlog
 from redis import Redis
+from redis.commands.core import Script
 from rq import Queue, SimpleWorker
+from rq.exceptions import DequeueTimeout
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -49,6 +59,7 @@ from workers.runtime import Runtime
 MAINTENANCE_SECONDS = 10
 LEASE_SECONDS = 20  # how long a running job's registry entry lasts without renewal
 RENEW_SECONDS = 5
+BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
 _PR_SET_PDEATHSIG = 1
 
@@ -82,6 +93,48 @@ class _Lease(threading.Thread):
                         self.worker.maintain_heartbeats(self.job)
 
 
+# KEYS: each queue's list, then its intermediate list. Moves the first job found (queues in
+# order) to its queue's intermediate list; returns the queue's key and the job id, or nil.
+_TAKE_FIRST = """
+local n = #KEYS / 2
+for i = 1, n do
+  local id = redis.call('LMOVE', KEYS[i], KEYS[n + i], 'LEFT', 'RIGHT')
+  if id then return {KEYS[i], id} end
+end
+return nil
+"""
+
+
+class SafeQueue(Queue):
+    """RQ's Queue, except that a worker of several queues takes jobs through their
+    intermediate lists (RQ's own way for one queue) instead of with a bare BLPOP."""
+
+    _take_first: Script | None = None
+
+    @classmethod
+    def lpop(cls, queue_keys: Sequence[str], timeout: int | None,
+             connection: Redis | None = None) -> tuple[str, Any] | None:
+        assert connection is not None
+        if cls._take_first is None:
+            SafeQueue._take_first = connection.register_script(_TAKE_FIRST)
+        assert cls._take_first is not None
+        lists = [*queue_keys, *(IntermediateQueue.get_intermediate_queue_key(key)
+                                for key in queue_keys)]
+        deadline = time.monotonic() + (timeout or 0)
+        while True:
+            found = cls._take_first(keys=lists, client=connection)
+            if found is not None:
+                return found[0].decode(), found[1]
+            left = deadline - time.monotonic()
+            if timeout is None:
+                return None
+            if left <= 0:
+                raise DequeueTimeout(timeout, queue_keys)
+            job_id = connection.blmove(queue_keys[0], lists[len(queue_keys)], BLOCK_SECONDS)
+            if job_id is not None:
+                return queue_keys[0], job_id
+
+
 class Worker(SimpleWorker):
     """RQ's SimpleWorker, with a short lease on its running job that a thread renews."""
 
@@ -93,7 +146,9 @@ class Worker(SimpleWorker):
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False
                               ) -> None:
-        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        # every job comes through an intermediate list (SafeQueue): take it off in the same
+        # transaction that registers it as started
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
         self._lease().hold(job)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
@@ -123,8 +178,8 @@ def build_worker(settings: Settings, queues: tuple[str, ...] = (CALLBACKS, DELIV
     runtime.install(Runtime.from_settings(settings))
     connection = Redis.from_url(settings.redis_url)
     worker = Worker(
-        [Queue(queue, connection=connection, serializer=JSONSerializer) for queue in queues],
-        connection=connection, serializer=JSONSerializer, name=name,
+        [SafeQueue(queue, connection=connection, serializer=JSONSerializer) for queue in queues],
+        connection=connection, serializer=JSONSerializer, name=name, queue_class=SafeQueue,
         worker_ttl=MAINTENANCE_SECONDS + 15,  # an idle worker's wait for a job ends that often
     )
     worker.maintenance_interval = MAINTENANCE_SECONDS
