@@ -5,25 +5,40 @@ Redis: `PAYHOOKS_TEST_REDIS_URL` if set; else a redis-server this session starts
 port (installed with apt-get when missing and running as root), so that test runs, other
 projects and benchmarks on the same machine never share data; else, if none can be
 started, database 13 of the server on 127.0.0.1:6379. It is flushed around each test.
+
+Secrets (design.md §7.5): the session logs as the product does (`configure_logging`, JSON
+lines at `info`), and `SecretWatch` reads every line written in this process, structlog's
+and the standard library's (RQ, httpx, aiohttp), as it is written. After each test it
+searches them, and every key and value in the test Redis database, for the secrets of the
+test configurations (tests.helpers.SECRETS) and of the settings the test ran with. A secret
+found fails the test. The session ends with one line: lines and jobs searched, secrets found.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+import re
+import threading
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import redis
+import structlog
 from aiohttp.test_utils import TestClient
 
 from ingress.app import create_app
+from shared.logging import configure_logging
 from shared.redis_server import RedisServer, answers
-from shared.settings import Settings, settings_from_dict
+from shared.settings import LoggingSettings, Settings, settings_from_dict
 from shared.simulators import Simulators
 from shared.simulators.client import SimulatorClient
-from tests.helpers import MERCHANT_CONFIG, worker_config
+from tests.helpers import MERCHANT_CONFIG, SECRETS, leak_forms, secrets_of, worker_config
 from workers import runtime as runtimes
 from workers.runtime import Runtime
 
@@ -132,3 +147,239 @@ def worker_runtime(worker_settings: Settings, admin: SimulatorClient) -> Iterato
     yield runtime
     runtimes.install(None)
     runtime.close()
+
+
+# Secrets in log lines and in Redis ------------------------------------------------------
+
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}")
+_REDIS_READERS = {
+    b"string": lambda pipe, key: pipe.get(key),
+    b"hash": lambda pipe, key: pipe.hgetall(key),
+    b"list": lambda pipe, key: pipe.lrange(key, 0, -1),
+    b"set": lambda pipe, key: pipe.smembers(key),
+    b"zset": lambda pipe, key: pipe.zrange(key, 0, -1),
+    b"stream": lambda pipe, key: pipe.xrange(key),
+}
+
+
+class SecretWatch:
+    """Searches log lines and Redis for known secrets (see the module docstring)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.base = tuple(secrets)
+        self.lines = self.jobs = self.values = self.found = 0
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._redis: dict[str, redis.Redis] = {}
+        self.learn(())
+
+    def learn(self, secrets: Iterable[str]) -> None:
+        """Search for these too (until the next call), besides the base secrets."""
+        known = {*self.base, *(s for s in leak_forms(secrets) if len(s) >= 8)}
+        alternation = "|".join(re.escape(s) for s in sorted(known, key=len, reverse=True))
+        self._text = re.compile(alternation)
+        self._bytes = re.compile(alternation.encode())
+
+    def write(self, line: str) -> None:
+        """A line as the process writes it (any thread); searched at the next check."""
+        with self._lock:
+            self._pending.append(line)
+
+    def take_lines(self) -> list[str]:
+        """The lines written since the last take (counted as searched)."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+        self.lines += len(lines)
+        return lines
+
+    def problems_in(self, lines: Iterable[str]) -> list[str]:
+        return [f"log line: {self._show(line)}" for line in lines if self._text.search(line)]
+
+    def check_lines(self) -> list[str]:
+        return self.problems_in(self.take_lines())
+
+    def check_redis(self, url: str) -> list[str]:
+        """Every key and value in the database at `url`: job hashes field by field, with
+        their zlib data and the base64 in it (callback bodies), RQ results (streams),
+        events, attempts, indexes."""
+        client = self._redis.get(url)
+        if client is None:
+            client = self._redis[url] = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        kinds = pipe.execute()
+        for key, kind in zip(keys, kinds, strict=True):
+            _REDIS_READERS.get(kind, lambda pipe, key: pipe.exists(key))(pipe, key)
+        problems = []
+        for key, kind, value in zip(keys, kinds, pipe.execute(raise_on_error=False),
+                                    strict=True):
+            self.jobs += key.startswith(b"rq:job:") and kind == b"hash"
+            for blob in (key, *_blobs(value)):
+                self.values += 1
+                for text in _expand(blob):
+                    if self._bytes.search(text):
+                        problems.append(f"Redis {key.decode(errors='replace')}: "
+                                        f"{self._show(text.decode(errors='replace'))}")
+                        break
+        return problems
+
+    def _show(self, text: str) -> str:
+        """Where the secret was, the secret itself replaced."""
+        match = self._text.search(text)
+        start = max(0, match.start() - 120) if match else 0
+        return self._text.sub("<SECRET>", text[start:start + 400])
+
+
+def _blobs(value: object) -> Iterator[bytes]:
+    if isinstance(value, bytes):
+        yield value
+    elif isinstance(value, dict):
+        for pair in value.items():
+            yield from _blobs(pair)
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            yield from _blobs(item)
+
+
+def _expand(blob: bytes, depth: int = 0) -> Iterator[bytes]:
+    """The value, and what it holds zlib-compressed or base64-encoded (two levels deep)."""
+    yield blob
+    if depth == 2:
+        return
+    if blob[:1] == b"x":
+        try:
+            yield from _expand(zlib.decompress(blob), depth + 1)
+            return
+        except zlib.error:
+            pass
+    for run in _BASE64_RUN.findall(blob):
+        run = run.replace(b"-", b"+").replace(b"_", b"/")
+        try:
+            decoded = base64.b64decode(run + b"=" * (-len(run) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        yield from _expand(decoded, depth + 1)
+
+
+class _WatchedLogger:
+    """structlog's final output: each rendered line to the watch, then as configured."""
+
+    def __init__(self, inner: Any, watch: SecretWatch) -> None:
+        self._inner, self._watch = inner, watch
+
+    def msg(self, message: str) -> None:
+        self._watch.write(message)
+        self._inner.msg(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+class _WatchedFactory:
+    def __init__(self, inner: Callable[..., Any], watch: SecretWatch) -> None:
+        self._inner, self._watch = inner, watch
+
+    def __call__(self, *args: Any) -> _WatchedLogger:
+        return _WatchedLogger(self._inner(*args), self._watch)
+
+
+class _WatchedFormatter(logging.Formatter):
+    """The standard library's final output (RQ, httpx, aiohttp): each formatted line."""
+
+    def __init__(self, inner: logging.Formatter, watch: SecretWatch) -> None:
+        super().__init__()
+        self._inner, self._watch = inner, watch
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self._inner.format(record)
+        self._watch.write(line)
+        return line
+
+
+WATCH = SecretWatch(SECRETS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Log as the product does, with every line going past the watch."""
+    configure_logging(LoggingSettings(level="info", format="json"))
+    _watch_logging()
+
+
+def _watch_logging() -> None:
+    """Put the watch in front of structlog's and the root handlers' output, unless it is
+    there (a test that calls configure_logging itself replaces both)."""
+    factory = structlog.get_config()["logger_factory"]
+    if not isinstance(factory, _WatchedFactory):
+        structlog.configure(logger_factory=_WatchedFactory(factory, WATCH))
+    for handler in logging.getLogger().handlers:  # ours, not pytest's own capture
+        if isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter):
+            handler.setFormatter(_WatchedFormatter(handler.formatter, WATCH))
+
+
+@pytest.fixture
+def secret_watch() -> SecretWatch:
+    return WATCH
+
+
+def _settings_in(item: pytest.Item) -> Iterator[Settings]:
+    """The settings the test ran with: its fixtures' and the runtime its jobs used."""
+    values = [*getattr(item, "funcargs", {}).values(), runtimes._current]
+    for value in values:
+        if isinstance(value, Runtime):
+            value = value.settings
+        if isinstance(value, Settings):
+            yield value
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _watch_logging()
+    WATCH.learn(())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """After the test passed, and before its fixtures flush Redis: search for secrets."""
+    result = yield
+    WATCH.learn(secret for settings in _settings_in(item) for secret in secrets_of(settings))
+    problems = WATCH.check_lines()
+    fixtures = getattr(item, "funcargs", {})  # every fixture the test used, and their own
+    if "redis_url" in fixtures:
+        problems += WATCH.check_redis(fixtures["redis_url"])
+    _fail_on(problems)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    result = yield
+    _fail_on(WATCH.check_lines())  # lines written while fixtures were torn down
+    return result
+
+
+def _fail_on(problems: list[str]) -> None:
+    WATCH.found += len(problems)
+    if problems:
+        pytest.fail("secrets found:\n" + "\n".join(problems[:20]), pytrace=False)
+
+
+_OUTSIDE_TESTS: list[str] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Lines written outside any test (session fixtures' teardown): a secret in them fails
+    the run, since no test can."""
+    _OUTSIDE_TESTS[:] = WATCH.check_lines()
+    WATCH.found += len(_OUTSIDE_TESTS)
+    if _OUTSIDE_TESTS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for problem in _OUTSIDE_TESTS[:20]:
+        terminalreporter.write_line(f"secret found outside the tests: {problem}", red=True)
+    terminalreporter.write_line(
+        f"secret check: {WATCH.lines} log lines searched, {WATCH.jobs} jobs searched "
+        f"({WATCH.values} Redis keys and values), {WATCH.found} secrets found")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import tomllib
 import uuid
 import zlib
+from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import redis
+from pydantic import BaseModel, SecretStr
 
+from shared import dev
 from shared.models import Callback
 from shared.providers import ixopay
+from shared.settings import Settings, settings_from_dict
 
 IXOPAY_SECRET = "ixopay-shared-secret-for-tests"
 IXOPAY_API_KEY = "api-key-for-tests"
@@ -43,10 +49,6 @@ MERCHANT_CONFIG: dict[str, Any] = {
                      "allowed_ips": ["127.0.0.1"]},
     },
 }
-
-SECRETS = (IXOPAY_SECRET, IFTHENPAY_KEY, NETAXEPT_PASSWORD, "netaxept-token-for-tests",
-           "payex-token-for-tests", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-
 
 def ixopay_body(result: str = "OK", transaction_type: str = "DEBIT", **extra: Any) -> bytes:
     data = {
@@ -175,3 +177,72 @@ def to_toml(table: dict[str, Any], prefix: str = "") -> str:
             for item in value:
                 lines += [f"\n[[{name}]]", to_toml(item, name)]
     return "\n".join(lines)
+
+
+# Other merchant: its own secrets, for callbacks that name another merchant's payment
+# (tests/test_abuse.py). Its Netaxept merchant id and PayEx token are its own too.
+OTHER_SHOP: dict[str, Any] = {
+    "ixopay": {"shared_secret": "other-shop-ixopay-secret"},
+    "ifthenpay": {"anti_phishing_key": "other-shop-anti-phishing-key"},
+    "netaxept": {"merchant_id": "77000077", "token": "other-shop-netaxept-token"},
+    "payex": {"token": "other-shop-payex-token"},
+}
+
+
+def secrets_of(value: object) -> Iterator[str]:
+    """Every secret in these settings, as it would show if it leaked: the value of every
+    `SecretStr` (a hook's `whsec_` secret by its key, which covers the whole), and the
+    Basic credentials built from a user name and password, base64-encoded as sent."""
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value().removeprefix("whsec_")
+    elif isinstance(value, BaseModel):
+        fields = {name: getattr(value, name) for name in type(value).model_fields}
+        for user, password in (("username", "password"),
+                               ("callback_username", "callback_password")):
+            if fields.get(user) and isinstance(fields.get(password), SecretStr):
+                credentials = f"{fields[user]}:{fields[password].get_secret_value()}"
+                yield base64.b64encode(credentials.encode()).decode()
+        for field in fields.values():
+            yield from secrets_of(field)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from secrets_of(item)
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from secrets_of(item)
+
+
+def leak_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The secrets, and the forms they take percent-encoded or inside a JSON string (a
+    base64 value without its padding, so that it is found with or without)."""
+    forms: dict[str, None] = {}
+    for secret in secrets:
+        secret = secret.rstrip("=")  # base64 padding: also found where it was dropped
+        for form in (secret, quote(secret, safe=""), json.dumps(secret)[1:-1]):
+            forms[form] = None
+    return tuple(forms)
+
+
+def _test_configs() -> list[Settings]:
+    """Every configuration the tests use: MERCHANT_CONFIG, worker_config with OTHER_SHOP,
+    and the sample configuration `payhooks dev` writes."""
+    unused = "redis://127.0.0.1:1/0"
+    workers = worker_config(unused, "http://127.0.0.1:1")
+    workers["merchants"]["other-shop"] = OTHER_SHOP
+    sample = tomllib.loads(dev.SAMPLE_CONFIG.format(
+        ports=dev.Ports(), hook_secret=dev.DEMO_HOOK_SECRET, secrets=dev.DEMO_SECRETS,
+        redis_url=unused))
+    return [settings_from_dict(raw, environ={}) for raw in (
+        {"redis_url": unused, "merchants": MERCHANT_CONFIG}, workers, sample)]
+
+
+# Every secret of every test configuration: none may appear in a log line, a job or any
+# other value in Redis (tests/conftest.py searches them after each test).
+SECRETS: tuple[str, ...] = leak_forms(
+    secret for settings in _test_configs() for secret in secrets_of(settings))
+
+
+def secrets_in(text: str) -> list[str]:
+    """The known secrets that appear in this text: for a process's output, which the
+    check in tests/conftest.py does not see."""
+    return [secret for secret in SECRETS if secret in text]

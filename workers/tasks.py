@@ -10,8 +10,9 @@ Outcomes, each ending in one `callback_processed` log line:
 - retry: the provider could not answer now; the job fails and RQ retries it on the
   callback job's schedule (shared/queue.py), as long as a worker runs the scheduler;
 - rejected: a permanent answer (unknown transaction, bad credentials, the merchant or
-  provider is no longer configured); the job ends in the failed registry, without retries,
-  with the reason in its log line and in rq-dashboard.
+  provider is no longer configured), or a stored callback the provider module refuses on
+  its second look (a PayEx path not of the documented form); the job ends in the failed
+  registry, without retries, with the reason in its log line and in rq-dashboard.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ import structlog
 from rq import get_current_job
 
 from shared import metrics
-from shared.errors import ProviderRejected, ProviderUnavailable, UnsupportedEvent
+from shared.errors import (
+    CallbackRejected,
+    ProviderRejected,
+    ProviderUnavailable,
+    UnsupportedEvent,
+)
 from shared.models import Callback
 from workers import runtime as runtimes
 from workers.events import record
@@ -68,7 +74,8 @@ def _process(runtime: runtimes.Runtime, callback: Callback, started: float,
         batch.count("followup_errors", callback.provider, "unavailable")
         _done(batch, callback, "retry", started, reason=str(exc), level="warning")
         raise
-    except ProviderRejected as exc:
+    # CallbackRejected: a stored callback that the provider module's own checks refuse
+    except (ProviderRejected, CallbackRejected) as exc:
         job = get_current_job()
         if job is not None:
             job.retries_left = 0  # a permanent answer: RQ would retry any failure

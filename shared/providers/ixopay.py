@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
@@ -83,6 +84,9 @@ _TYPES: dict[tuple[str, str], EventType] = {
 _STATUS_RESULTS = {"SUCCESS": "OK", "PENDING": "PENDING", "REDIRECT": "PENDING",
                    "ERROR": "ERROR", "CANCELLED": "ERROR"}
 _STATUS_API_PER_MINUTE = 60
+# A uuid as the status API path takes it: one segment, never `.` or `..`, no `?` or `#`.
+# It comes from the callback, and the request carries the merchant's credentials.
+_STATUS_API_UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 BodyHash = Literal["sha512", "md5"]
 _BODY_HASHES: tuple[BodyHash, ...] = ("sha512", "md5")
@@ -162,6 +166,8 @@ class Ixopay:
         settings = self._settings
         if not (settings.api_key and settings.username and settings.password):
             raise ProviderRejected("verify_with_status_api needs api_key, username, password")
+        if not _STATUS_API_UUID.fullmatch(uuid):
+            raise ProviderRejected(f"ixopay: {uuid[:64]!r} is not a uuid the status API takes")
         context.limit(f"ixopay:{settings.api_key}", _STATUS_API_PER_MINUTE)
         path = f"/api/v3/status/{settings.api_key}/getByUuid/{uuid}"
         date = formatdate(usegmt=True)
@@ -226,7 +232,7 @@ class Ixopay:
         for date in dates:
             try:
                 sent = parsedate_to_datetime(date)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # a year of 20 digits overflows
                 continue
             if sent.tzinfo is None:
                 sent = sent.replace(tzinfo=UTC)
@@ -252,7 +258,8 @@ def _json_reference(body: bytes) -> str:
 def _xml_reference(body: bytes) -> str:
     try:
         root = ElementTree.fromstring(body)
-    except (ElementTree.ParseError, DefusedXmlException, ValueError):
+    except (ElementTree.ParseError, DefusedXmlException, ValueError, LookupError):
+        # LookupError: an encoding the XML declaration names that Python does not know
         raise Malformed("body is not well-formed XML") from None
     if root.tag != f"{_XML_NAMESPACE}callback":
         raise Malformed("the XML root is not an IXOPAY callback")
