@@ -160,6 +160,7 @@ class Worker(SimpleWorker):
             super().execute_job(job, queue)
         finally:
             self._lease().release()
+            structlog.contextvars.clear_contextvars()  # the job's ids stay on the job's lines
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

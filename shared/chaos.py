@@ -1,0 +1,613 @@
+"""`payhooks chaos`: the real system under faults, then an account of every callback.
+
+What runs, all on 127.0.0.1: a Redis of our own with AOF (`appendfsync always`), the provider
+simulators (`python -m shared.simulators`), `payhooks ingress` and W `payhooks worker`
+processes; in this process, a merchant endpoint that checks each event's Standard Webhooks
+signature, the sender, and the faults.
+
+The sender sends the callbacks (the four providers in turn, each payment registered with
+the simulators first) open-loop at `rate`. It behaves as a provider does: an answer other
+than 200 or 4xx (503 while Redis is down, a refused connection) is sent again after a
+pause, and a share of the callbacks is sent a second time later (providers retry when
+unsure). A share is forged: IXOPAY with a wrong signature and ifthenpay with a wrong key
+(the ingress must refuse them), Netaxept and PayEx with ids the provider does not know
+(the ingress cannot tell; the worker's follow-up must find nothing).
+
+The faults, while the callbacks go out: a worker SIGKILLed every few seconds and another
+started in its place (as a supervisor would), Redis restarted twice (first stopped
+cleanly, then SIGKILLed), the providers answering 5xx or timing out on a share of the
+follow-up queries, and the merchant endpoint down (connections refused) for a stretch.
+
+Then it waits until every acknowledged callback's events have arrived (dead letters are
+replayed with `payhooks replay`, as an operator would) or until nothing has moved for
+`settle` seconds, and counts: every acknowledged callback must have all its events at
+the endpoint, each fact under exactly one event id, no event for a forged callback, no
+answer 500 from the ingress, and no secret of the config in any log line or Redis value.
+The exit code is 1 when any count is off.
+
+The quick form (`--quick`, in CI) keeps the hook from ever pausing (`pause_after` is
+high), so deliveries run out of retries while the endpoint is down and go through dead
+letters and replay. The long form keeps the default circuit breaker, which pauses the hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+import redis
+from yarl import URL
+
+from shared.redis_server import RedisServer, free_port
+from shared.simulators import callbacks as build
+from shared.simulators.callbacks import OutgoingCallback
+from shared.simulators.client import SimulatorClient
+from shared.simulators.merchant import MerchantEndpoint
+
+MERCHANT, NETAXEPT_ID = "chaos", "12002835"
+EVENTS = {"netaxept": 2, "payex": 1, "ixopay": 1, "ifthenpay": 1}  # events per callback
+PROVIDERS = tuple(EVENTS)
+SECRETS = {
+    "ixopay": "chaos-ixopay-" + "shared-secret-3f9a",
+    "ifthenpay": "chaos-ifthenpay-" + "anti-phishing-77c1",
+    "netaxept_token": "chaos-netaxept-" + "token-b20e",
+    "netaxept_password": "chaos-netaxept-" + "callback-password-5d4c",
+    "payex": "chaos-payex-" + "token-e81d",
+    "hook": "whsec_" + "Y2hhb3MtaG9vay1zZWNyZXQtMjAyNg==",
+}
+NETAXEPT_USER = "chaos-callbacks"
+CONFIG = """\
+redis_url = "{redis}"
+logging = {{ level = "info", format = "json" }}
+
+[delivery]
+allow_private_networks = true
+retry_schedule = ["1s", "1s", "2s"]
+pause_after = {pause_after}
+
+[merchants.{merchant}]
+ixopay = {{ shared_secret = "{ixopay}", base_url = "{sims}" }}
+ifthenpay = {{ anti_phishing_key = "{ifthenpay}", base_url = "{sims}" }}
+payex = {{ token = "{payex}", base_url = "{sims}" }}
+hooks = [{{ id = "orders", url = "{endpoint}/events", secret = "{hook}" }}]
+
+[merchants.{merchant}.netaxept]
+merchant_id = "{netaxept_id}"
+token = "{netaxept_token}"
+base_url = "{sims}"
+callback_username = "{netaxept_user}"
+callback_password = "{netaxept_password}"
+"""
+_PROJECT = Path(__file__).resolve().parent.parent
+Key = tuple[str, str]  # provider, payment id
+
+
+class ChaosError(Exception):
+    """The system could not be set up or did not come up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    callbacks: int = 5000
+    rate: float = 10.0  # callbacks a second
+    workers: int = 8  # mostly waiting on providers: 5% of follow-ups hold one for 10 s
+    seed: int | None = None
+    duplicate_share: float = 0.2  # callbacks sent a second time, later
+    forged_share: float = 0.05  # forged callbacks, on top of `callbacks`
+    error_rate: float = 0.05  # follow-up queries answered 5xx...
+    timeout_rate: float = 0.05  # ...or left to time out (the workers wait 10 s)
+    kill_every: tuple[float, float] = (3.0, 8.0)  # seconds between worker kills
+    redis_down: float = 2.0  # seconds Redis stays down at each restart
+    endpoint_down: float = 60.0  # seconds the merchant endpoint refuses connections
+    pause_after: int = 5  # the hook's circuit breaker (the quick form never lets it trip)
+    settle: float = 600.0  # give up when nothing moved for this long after sending
+    keep_logs: bool = False  # keep the logs folder even when every count is right
+
+    @classmethod
+    def quick(cls, seed: int | None = None) -> Plan:
+        return cls(callbacks=400, rate=10.0, workers=6, seed=seed, endpoint_down=20.0,
+                   pause_after=10_000, settle=180.0)
+
+    @property
+    def seconds(self) -> float:
+        return self.callbacks / self.rate
+
+
+@dataclass
+class Outgoing:
+    key: Key
+    callback: OutgoingCallback
+    forged: bool = False
+    statuses: list[int] = field(default_factory=list)  # every answer, resends included
+
+    @property
+    def acknowledged(self) -> bool:
+        return 200 in self.statuses
+
+
+@dataclass
+class Tally:
+    """What happened, counted as it happened."""
+
+    requests: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    refused: int = 0  # requests the ingress did not answer (connection errors)
+    duplicates: int = 0
+    kills: int = 0
+    redis_restarts: list[str] = field(default_factory=list)
+    endpoint_down_s: float = 0.0
+    replayed: int = 0
+
+
+@dataclass
+class Account:
+    """The final count (see `problems`)."""
+
+    genuine: int
+    acknowledged: int
+    refused: int  # genuine callbacks answered 4xx
+    expected_events: int
+    delivered_events: int
+    lost: list[Key]
+    split_facts: list[tuple[str, str, str]]  # facts that came under two or more event ids
+    forged: int
+    forged_acknowledged: int
+    forged_events: int
+    unverified: int  # requests at the endpoint whose signature does not verify
+    secrets_found: list[str]
+    log_lines: int
+    redis_values: int
+
+    def problems(self, tally: Tally) -> list[str]:
+        found = []
+        if self.lost:
+            found.append(f"{len(self.lost)} acknowledged callbacks lost, e.g. {self.lost[:3]}")
+        if self.refused:
+            found.append(f"{self.refused} genuine callbacks refused with a 4xx")
+        if self.split_facts:
+            found.append(f"{len(self.split_facts)} facts under two event ids, "
+                         f"e.g. {self.split_facts[:3]}")
+        if self.forged_events:
+            found.append(f"{self.forged_events} events from forged callbacks")
+        if self.unverified:
+            found.append(f"{self.unverified} deliveries whose signature does not verify")
+        if self.secrets_found:
+            found.append(f"secrets in logs or Redis: {', '.join(self.secrets_found)}")
+        if errors := sum(n for status, n in tally.statuses.items() if status >= 500
+                         and status != 503):
+            found.append(f"{errors} answers 5xx other than 503 from the ingress")
+        return found
+
+
+@dataclass
+class System:
+    directory: Path
+    config: Path
+    server: RedisServer
+    redis: redis.Redis
+    admin: SimulatorClient
+    endpoint: MerchantEndpoint
+    ingress: str = ""
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    spawned: int = 0
+
+    def spawn(self, stack: contextlib.ExitStack, *argv: str) -> subprocess.Popen[bytes]:
+        self.spawned += 1
+        log = self.directory / f"{argv[0]}-{self.spawned}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", *argv, "--config", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=_PROJECT, env=_env())
+        stack.callback(_stop, process)
+        return process
+
+    def start_worker(self, stack: contextlib.ExitStack) -> None:
+        self.workers.append(self.spawn(stack, "worker"))
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PAYHOOKS_")}
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait(ready: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ChaosError(what)
+        time.sleep(0.05)
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(url, timeout=1.0).status_code == 200
+    return False
+
+
+def start(stack: contextlib.ExitStack, plan: Plan) -> System:
+    """Redis, the simulators (with their faults), the endpoint, the ingress and the workers."""
+    directory = Path(tempfile.mkdtemp(prefix="payhooks-chaos-"))
+    server = stack.enter_context(RedisServer(appendonly=True, appendfsync="always"))
+    sims_port = free_port()
+    with (directory / "simulators.log").open("wb") as out:
+        sims = subprocess.Popen([sys.executable, "-m", "shared.simulators", "--port",
+                                 str(sims_port)], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=_PROJECT, env=_env())
+    stack.callback(_stop, sims)
+    sims_url = f"http://127.0.0.1:{sims_port}"
+    _wait(lambda: _answers(f"{sims_url}/_sim/faults"), 30, "the simulators did not start")
+    endpoint = stack.enter_context(MerchantEndpoint(verify_secret=SECRETS["hook"]))
+    config = directory / "payhooks.toml"
+    config.write_text(CONFIG.format(
+        redis=server.url, sims=sims_url, endpoint=endpoint.url, merchant=MERCHANT,
+        pause_after=plan.pause_after, ixopay=SECRETS["ixopay"], ifthenpay=SECRETS["ifthenpay"],
+        payex=SECRETS["payex"], hook=SECRETS["hook"], netaxept_id=NETAXEPT_ID,
+        netaxept_token=SECRETS["netaxept_token"], netaxept_user=NETAXEPT_USER,
+        netaxept_password=SECRETS["netaxept_password"]))
+    admin = stack.enter_context(SimulatorClient(sims_url))
+    admin.netaxept_credentials(NETAXEPT_ID, SECRETS["netaxept_token"])
+    admin.payex_token(SECRETS["payex"])
+    client = stack.enter_context(redis.Redis.from_url(server.url))
+    system = System(directory, config, server, client, admin, endpoint)
+    port = free_port()
+    ingress = system.spawn(stack, "ingress", "--host", "127.0.0.1", "--port", str(port))
+    system.ingress = f"http://127.0.0.1:{port}"
+    _wait(lambda: ingress.poll() is None and _answers(f"{system.ingress}/healthz"), 30,
+          "the ingress did not start")
+    for _ in range(plan.workers):
+        system.start_worker(stack)
+    _wait(lambda: client.scard("rq:workers") >= plan.workers, 60, "the workers did not start")
+    return system
+
+
+def outgoing(admin: SimulatorClient, n: int, forged: bool) -> Outgoing:
+    """Callback n (the providers in turn), its payment registered with the simulators first,
+    unless it is forged."""
+    provider, ref = PROVIDERS[n % len(PROVIDERS)], secrets.token_hex(10)
+    if provider == "netaxept":
+        if not forged:
+            admin.netaxept_transaction(ref, NETAXEPT_ID, 5000, currency="NOK", authorized=True,
+                                       captured=5000, order_number=f"order-{n}")
+        callback = build.netaxept_callback(MERCHANT, ref, NETAXEPT_USER,
+                                           SECRETS["netaxept_password"])
+        return Outgoing((provider, ref), callback, forged)
+    if provider == "payex":
+        if forged:
+            path = f"/psp/creditcard/payments/{secrets.token_hex(16)}"
+            return Outgoing((provider, path), build.payex_callback(
+                MERCHANT, payment_id=path, transaction_id=f"{path}/sales/{ref}", number=1),
+                forged)
+        payment = admin.payex_payment(1500, transactions=[
+            {"type": "Sale", "state": "Completed", "amount": 1500}])
+        sale = payment["transactions"][0]
+        return Outgoing((provider, payment["path"]), build.payex_callback(
+            MERCHANT, payment_id=payment["path"], transaction_id=sale["typed_path"],
+            number=sale["number"]), forged)
+    if provider == "ixopay":
+        secret = "forged-signing-secret" if forged else SECRETS["ixopay"]
+        return Outgoing((provider, ref), build.ixopay_callback(
+            MERCHANT, secret, uuid=ref, merchant_transaction_id=f"order-{n}"), forged)
+    key = "forged-key" if forged else SECRETS["ifthenpay"]
+    return Outgoing((provider, ref), build.ifthenpay_callback(
+        MERCHANT, key, order_id=str(n), amount="12.34", request_id=ref,
+        payment_datetime="03-01-2024 15:15:16"), forged)
+
+
+async def send_all(url: str, items: list[Outgoing], plan: Plan, rng: random.Random,
+                   tally: Tally) -> None:
+    """Send every callback open-loop at plan.rate, as providers do (see the module doc)."""
+
+    async def once(session: aiohttp.ClientSession, item: Outgoing) -> int | None:
+        callback = item.callback
+        tally.requests += 1
+        try:
+            async with session.request(
+                callback.method, URL(url + callback.path, encoded=True),
+                data=callback.body or None, headers=callback.headers,
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as response:
+                await response.read()
+        except (TimeoutError, aiohttp.ClientError):
+            tally.refused += 1
+            return None
+        tally.statuses[response.status] += 1
+        item.statuses.append(response.status)
+        return response.status
+
+    async def deliver(session: aiohttp.ClientSession, item: Outgoing) -> None:
+        pause = 0.5
+        for _ in range(30):  # a provider gives up at some point too
+            status = await once(session, item)
+            if status is not None and status < 500:
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def again_later(session: aiohttp.ClientSession, item: Outgoing, delay: float
+                          ) -> None:
+        await asyncio.sleep(delay)
+        tally.duplicates += 1
+        await deliver(session, item)
+
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks, begin = [], time.monotonic()
+        for n, item in enumerate(items):
+            await asyncio.sleep(max(0.0, begin + n / plan.rate - time.monotonic()))
+            tasks.append(asyncio.create_task(deliver(session, item)))
+            if not item.forged and rng.random() < plan.duplicate_share:
+                tasks.append(asyncio.create_task(
+                    again_later(session, item, rng.uniform(0.5, 15.0))))
+        await asyncio.gather(*tasks)
+
+
+def faults(system: System, stack: contextlib.ExitStack, plan: Plan, rng: random.Random,
+           tally: Tally, done: threading.Event, say: Callable[[str], None]) -> None:
+    """The faults, on a timeline over the sending (runs in a thread). Workers are killed
+    until the sending is `done`; the endpoint goes down late, so that deliveries, which
+    wait behind callbacks in a backlog, do meet it, and stays down its whole stretch."""
+    seconds = plan.seconds
+    timeline: list[tuple[float, str]] = [
+        (0.30 * seconds, "redis-stop"), (0.65 * seconds, "redis-kill"),
+        (0.75 * seconds, "endpoint-down")]
+    at = rng.uniform(*plan.kill_every)
+    while at < seconds:
+        timeline.append((at, "kill-worker"))
+        at += rng.uniform(*plan.kill_every)
+    begin = time.monotonic()
+    for moment, action in sorted(timeline):
+        if done.wait(max(0.0, begin + moment - time.monotonic())) and action == "kill-worker":
+            continue
+        if action == "kill-worker":
+            victim = rng.choice([w for w in system.workers if w.poll() is None])
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            system.workers.remove(victim)
+            system.start_worker(stack)
+            tally.kills += 1
+        elif action.startswith("redis-"):
+            how = "stopped" if action == "redis-stop" else "killed"
+            say(f"chaos: Redis {how} at {moment:.0f} s, back after {plan.redis_down:g} s")
+            if action == "redis-stop":
+                system.server.stop()
+            else:
+                assert system.server.process is not None
+                system.server.process.kill()
+                system.server.process.wait()
+                system.server.process = None
+            time.sleep(plan.redis_down)
+            system.server.start()
+            tally.redis_restarts.append(how)
+        else:
+            say(f"chaos: merchant endpoint down at {moment:.0f} s for {plan.endpoint_down:g} s")
+            system.endpoint.stop()
+            down = time.monotonic()
+            time.sleep(plan.endpoint_down)
+            system.endpoint.start()
+            tally.endpoint_down_s = time.monotonic() - down
+
+
+def _callback_jobs_pending(client: redis.Redis) -> int:
+    """Callback jobs queued, running or waiting for a retry."""
+    return int(client.llen("rq:queue:callbacks") + client.zcard("rq:wip:callbacks")
+               + client.zcard("rq:scheduled:callbacks"))
+
+
+def _events(endpoint: MerchantEndpoint) -> Iterator[tuple[dict[str, object], bool]]:
+    """Each request the endpoint received: its event, and whether it verified."""
+    from standardwebhooks import Webhook
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    webhook = Webhook(SECRETS["hook"])
+    for received in list(endpoint.received):
+        try:
+            webhook.verify(received.body, received.headers)
+            verified = True
+        except WebhookVerificationError:
+            verified = False
+        yield orjson.loads(received.body), verified
+
+
+def _delivered(endpoint: MerchantEndpoint) -> dict[Key, set[str]]:
+    by_key: dict[Key, set[str]] = defaultdict(set)
+    for event, verified in _events(endpoint):
+        data = event["data"]
+        if verified and isinstance(data, dict):
+            by_key[str(data["provider"]), str(data["payment_id"])].add(str(event["type"]))
+    return by_key
+
+
+def settle(system: System, items: list[Outgoing], plan: Plan, tally: Tally,
+           say: Callable[[str], None]) -> None:
+    """Wait until every acknowledged callback's events arrived and no callback job is left,
+    replaying dead letters on the way; or until nothing moved for plan.settle seconds."""
+    wanted = {item.key: EVENTS[item.key[0]] for item in items
+              if item.acknowledged and not item.forged}
+    last, moved = (-1, -1), time.monotonic()
+    while time.monotonic() - moved < plan.settle:
+        with contextlib.suppress(redis.RedisError):
+            if system.redis.zcard("payhooks:dead"):
+                tally.replayed += _replay(system, say)
+            delivered = _delivered(system.endpoint)
+            missing = sum(max(0, n - len(delivered.get(key, ()))) for key, n in wanted.items())
+            pending = _callback_jobs_pending(system.redis)
+            if missing == 0 and pending == 0:
+                return
+            if (missing, pending) != last:
+                last, moved = (missing, pending), time.monotonic()
+                say(f"chaos: waiting for {missing} events, {pending} callback jobs pending")
+        time.sleep(1.0)
+
+
+def _replay(system: System, say: Callable[[str], None]) -> int:
+    """`payhooks replay`, as an operator would run it; how many it replayed."""
+    count = int(system.redis.zcard("payhooks:dead"))
+    done = subprocess.run([sys.executable, "-m", "shared.cli", "replay", "--config",
+                           str(system.config), "--merchant", MERCHANT], capture_output=True,
+                          text=True, cwd=_PROJECT, env=_env(), timeout=120, check=False)
+    say(f"chaos: payhooks replay: {done.stdout.strip() or done.stderr.strip()}")
+    return count if done.returncode == 0 else 0
+
+
+def find_secrets(directory: Path, client: redis.Redis) -> tuple[list[str], int, int]:
+    """Secrets found in the log files and in every Redis value; lines and values searched."""
+    wanted = {name: value.encode() for name, value in SECRETS.items()}
+    found: set[str] = set()
+    lines = 0
+    for log in directory.glob("*.log"):
+        text = log.read_bytes()
+        lines += text.count(b"\n")
+        found |= {f"{name} in {log.name}" for name, value in wanted.items() if value in text}
+    values = 0
+    for key in client.scan_iter(count=1000):
+        for blob in _values(client, key):
+            values += 1
+            with contextlib.suppress(zlib.error):
+                blob = zlib.decompress(blob)  # RQ's job data
+            found |= {f"{name} in {key.decode(errors='replace')}"
+                      for name, value in wanted.items() if value in blob}
+    return sorted(found), lines, values
+
+
+def _values(client: redis.Redis, key: bytes) -> list[bytes]:
+    """Every value under a key, whatever its type (hash fields and values alike)."""
+    kind: Any = client.type(key)
+    found: Any = []
+    if kind == b"string":
+        found = [client.get(key) or b""]
+    elif kind == b"hash":
+        found = [blob for pair in client.hgetall(key).items() for blob in pair]
+    elif kind == b"list":
+        found = client.lrange(key, 0, -1)
+    elif kind == b"set":
+        found = client.smembers(key)
+    elif kind == b"zset":
+        found = client.zrange(key, 0, -1)
+    return [bytes(blob) for blob in found]
+
+
+def account(system: System, items: list[Outgoing]) -> Account:
+    genuine = [item for item in items if not item.forged]
+    forged = [item for item in items if item.forged]
+    acknowledged = [item for item in genuine if item.acknowledged]
+    ids: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    unverified = 0
+    for event, verified in _events(system.endpoint):
+        data = event["data"]
+        if not verified or not isinstance(data, dict):
+            unverified += 1
+            continue
+        ids[str(data["provider"]), str(data["payment_id"]), str(event["type"])].add(
+            str(event["id"]))
+    delivered = _delivered(system.endpoint)
+    lost = [item.key for item in acknowledged
+            if len(delivered.get(item.key, ())) < EVENTS[item.key[0]]]
+    forged_keys = {item.key for item in forged}
+    found, lines, values = find_secrets(system.directory, system.redis)
+    return Account(
+        genuine=len(genuine), acknowledged=len(acknowledged),
+        refused=sum(any(400 <= status < 500 for status in item.statuses) for item in genuine),
+        expected_events=sum(EVENTS[item.key[0]] for item in acknowledged),
+        delivered_events=sum(1 for fact in ids if fact[:2] not in forged_keys),
+        lost=lost, split_facts=[fact for fact, event_ids in ids.items() if len(event_ids) > 1],
+        forged=len(forged), forged_acknowledged=sum(item.acknowledged for item in forged),
+        forged_events=sum(1 for fact in ids if fact[:2] in forged_keys),
+        unverified=unverified, secrets_found=found, log_lines=lines, redis_values=values)
+
+
+def report(plan: Plan, tally: Tally, result: Account, seconds: float) -> list[str]:
+    rows = [
+        ("callbacks sent (genuine)", result.genuine),
+        ("  acknowledged (answered 200)", result.acknowledged),
+        ("  refused with a 4xx", result.refused),
+        ("  sent again later, as providers do", tally.duplicates),
+        ("requests to the ingress, resends included", tally.requests),
+        ("  answered 503 (Redis down), then resent", tally.statuses[503]),
+        ("  answered 5xx other than 503", sum(n for s, n in tally.statuses.items()
+                                              if s >= 500 and s != 503)),
+        ("  not answered (connection refused or reset)", tally.refused),
+        ("events expected from acknowledged callbacks", result.expected_events),
+        ("events delivered, signature verified", result.delivered_events),
+        ("dead-lettered deliveries replayed", tally.replayed),
+        ("lost (acknowledged, events missing)", len(result.lost)),
+        ("facts delivered under two event ids", len(result.split_facts)),
+        ("forged callbacks sent", result.forged),
+        ("  forged answered 200 (unverifiable ids)", result.forged_acknowledged),
+        ("  events from forged callbacks", result.forged_events),
+        ("workers SIGKILLed", tally.kills),
+        ("Redis restarts (AOF, appendfsync always)", len(tally.redis_restarts)),
+        ("log lines and Redis values searched", result.log_lines + result.redis_values),
+        ("secrets found in them", len(result.secrets_found)),
+    ]
+    header = (f"payhooks chaos: {plan.callbacks} callbacks at {plan.rate:g}/s ({plan.seconds:.0f}"
+              f" s), {plan.workers} workers; follow-ups {plan.error_rate:.0%} 5xx and "
+              f"{plan.timeout_rate:.0%} timeouts; endpoint down {tally.endpoint_down_s:.0f} s; "
+              f"{seconds:.0f} s in all")
+    return [header, *(f"{label:<48}{value:>10}" for label, value in rows)]
+
+
+def run(plan: Plan, say: Callable[[str], None] = print) -> int:
+    """Run the chaos test and print its counts; 0 when every count is as it must be."""
+    rng = random.Random(plan.seed)  # noqa: S311 - picks moments and victims, not keys
+    tally, begin = Tally(), time.monotonic()
+    try:
+        with contextlib.ExitStack() as stack:
+            system = start(stack, plan)
+            forged = round(plan.callbacks * plan.forged_share)
+            kinds = [False] * plan.callbacks + [True] * forged
+            rng.shuffle(kinds)
+            items = [outgoing(system.admin, n, forged=kind) for n, kind in enumerate(kinds)]
+            system.admin.faults("all", error_rate=plan.error_rate, timeout_rate=plan.timeout_rate,
+                                timeout_seconds=12.0)
+            say(f"chaos: sending {len(items)} callbacks ({forged} forged) to {system.ingress};"
+                f" logs in {system.directory}")
+            done = threading.Event()
+            chaos = threading.Thread(target=faults, name="faults", daemon=True, args=(
+                system, stack, plan, rng, tally, done, say))
+            chaos.start()
+            asyncio.run(send_all(system.ingress, items, plan, rng, tally))
+            done.set()
+            chaos.join()
+            system.admin.faults("all", error_rate=0.0, timeout_rate=0.0)
+            say("chaos: sent, faults over; waiting for the events")
+            settle(system, items, plan, tally, say)
+            result = account(system, items)
+    except (ChaosError, redis.RedisError, httpx.HTTPError, OSError) as exc:
+        print(f"chaos: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report(plan, tally, result, time.monotonic() - begin)))
+    problems = result.problems(tally)
+    print(f"result: {'; '.join(problems) or 'nothing lost, nothing doubled, nothing forged'}")
+    if problems or plan.keep_logs:
+        print(f"logs kept in {system.directory}")
+    else:
+        shutil.rmtree(system.directory, ignore_errors=True)
+    return 1 if problems else 0
