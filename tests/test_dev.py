@@ -17,6 +17,7 @@ import pytest
 
 from shared.redis_server import free_port
 from shared.simulate import simulate
+from tests.helpers import secrets_in
 
 
 def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
@@ -55,6 +56,7 @@ def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     assert process.returncode == 0
+    assert secrets_in("".join(output)) == []  # every process's log lines, in this terminal
     for port in ports.values():
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)

@@ -24,6 +24,7 @@ from tests.helpers import (
     IXOPAY_SECRET,
     NETAXEPT_PASSWORD,
     NETAXEPT_USER,
+    secrets_in,
     to_toml,
     worker_config,
 )
@@ -90,3 +91,4 @@ async def test_each_provider_callback_becomes_an_event_once(
         [sys.executable, "-m", "shared.cli", "events", "--config", str(config)],
         capture_output=True, text=True, check=True, timeout=60).stdout
     assert table.count("payment.captured") == 4
+    assert secrets_in(listed.stdout + table) == []
