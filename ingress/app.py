@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -33,9 +35,36 @@ METRICS = web.AppKey("metrics", IngressMetrics)
 PROVIDER_CLASSES = (Ixopay, Ifthenpay, Netaxept, Payex)
 
 
+class _WithoutRequestBytes(logging.Filter):
+    """aiohttp logs a request it cannot parse with the offending bytes: the request line
+    (an ifthenpay query holds the anti-phishing key) or a header line (Basic credentials).
+    Keep the kind of error (BadStatusLine, LineTooLong, ...), never the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError | web.RequestPayloadError):
+            record.msg = f"{record.msg}: %s"
+            record.args = (*(record.args or ()), error.__class__.__name__)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_SERVER_LOG_FILTER = _WithoutRequestBytes()
+
+
 def create_app(settings: Settings) -> web.Application:
     """The ingress for these settings; Redis is connected when the app starts."""
-    app = web.Application(client_max_size=settings.ingress.max_body_bytes)
+    read_timeout = settings.ingress.read_timeout
+    app = web.Application(
+        client_max_size=settings.ingress.max_body_bytes,
+        # aiohttp closes a connection that has not sent a whole request head within the
+        # keep-alive timeout of its opening (or of the previous answer), so a client that
+        # trickles its headers is cut off after read_timeout; its body has read_timeout
+        # too (handlers.py). A body left unread after the answer is drained for at most
+        # read_timeout (lingering_time), then the connection is closed.
+        handler_args={"keepalive_timeout": read_timeout, "lingering_time": read_timeout},
+    )
+    logging.getLogger("aiohttp.server").addFilter(_SERVER_LOG_FILTER)  # once: same object
     app[SETTINGS] = settings
     app[MERCHANTS] = {
         merchant_id: build_providers(merchant)
@@ -45,15 +74,21 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_redis_and_store)
     app.cleanup_ctx.append(_flush_stdout)
     for provider in PROVIDER_CLASSES:
-        app.router.add_route(
-            provider.method,
-            f"/callbacks/{{merchant}}/{provider.name}",
-            handlers.callback_handler(provider.name),
-        )
-    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
-    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
-    app.router.add_get("/metrics", handlers.metrics, allow_head=False)
+        _route(app, provider.method, f"/callbacks/{{merchant}}/{provider.name}",
+               handlers.callback_handler(provider.name))
+    _route(app, "GET", "/healthz", handlers.healthz)
+    _route(app, "GET", "/readyz", handlers.readyz)
+    _route(app, "GET", "/metrics", handlers.metrics)
+    app.router.add_route("*", "/{path:.*}", handlers.not_found, expect_handler=handlers.expect)
     return app
+
+
+def _route(app: web.Application, method: str, path: str, handler: handlers.Handler) -> None:
+    """`method` to `handler`, every other method (HEAD too) to 405. Our routes, 404 and
+    405 included, answer an Expect header with handlers.expect, not aiohttp's own."""
+    app.router.add_route(method, path, handler, expect_handler=handlers.expect)
+    app.router.add_route("*", path, handlers.method_not_allowed(method),
+                         expect_handler=handlers.expect)
 
 
 def connect_redis(url: str) -> Redis:

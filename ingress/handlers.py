@@ -1,27 +1,36 @@
 """The request handlers: find the merchant's provider, verify, store, answer.
 
 Order of checks, each with its status: unknown merchant or provider 404; source address
-403; body size 413; verification 401; content 400; Redis 503; then 200 with what the
-provider expects. Nothing is stored before verification passes, and nothing is answered
-200 before Redis confirms the job. No input reaches a 500: anything unexpected is logged
-and answered 503, so the provider retries.
+403; body size 413; a body that does not arrive within `read_timeout` 408; verification
+401; content 400; Redis 503; then 200 with what the provider expects. Nothing is stored
+before verification passes, and nothing is answered 200 before Redis confirms the job. No
+input reaches a 500: anything unexpected is logged and answered 503, so the provider
+retries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from ingress import app as app_keys
 from shared import metrics as shared_metrics
-from shared.errors import CallbackRejected, Forbidden, StoreUnavailable, TooLarge
+from shared.errors import (
+    CallbackRejected,
+    Forbidden,
+    Malformed,
+    StoreUnavailable,
+    TooLarge,
+    Unauthorized,
+)
 from shared.models import callback_json, new_callback_id, utcnow
 from shared.providers.base import Incoming, Provider
 from shared.queue import CALLBACKS, DEAD_LETTERS, DELIVERIES
@@ -29,7 +38,18 @@ from shared.queue import CALLBACKS, DEAD_LETTERS, DELIVERIES
 log = structlog.get_logger("payhooks.ingress")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_OUTCOMES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 413: "too_large"}
+_OUTCOMES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 408: "timeout",
+             413: "too_large"}
+# Headers that carry a credential or a signed value. Given twice, which copy counts would
+# depend on who reads the request (a proxy, a provider module), so neither copy does.
+_SINGLE_HEADERS = ("Authorization", "X-Authorization", "X-Signature", "Date", "X-Date")
+
+
+class TooSlow(CallbackRejected):
+    """The body did not arrive within [ingress] read_timeout of the headers."""
+
+    status = 408
+    public_message = "request timeout"
 
 
 def callback_handler(provider_name: str) -> Handler:
@@ -61,8 +81,11 @@ async def _receive(request: web.Request, provider_name: str) -> web.Response:
         metrics.count(provider_name, merchant, outcome)
         log.info("callback_rejected", provider=provider_name, merchant=merchant,
                  status=exc.status, reason=exc.reason)
-        return _text(exc.status, exc.public_message if exc.status != 400 else
-                     f"{exc.public_message}: {exc.reason}")
+        response = _text(exc.status, exc.public_message if exc.status != 400 else
+                         f"{exc.public_message}: {exc.reason}")
+        if exc.status == 408:
+            response.force_close()  # the rest of the body may never come
+        return response
     callback_id = new_callback_id()
     callback = callback_json(
         id=callback_id,
@@ -107,10 +130,10 @@ async def _incoming(request: web.Request, provider: Provider) -> Incoming:
         uri = original
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise TooLarge(f"Content-Length {request.content_length}")
-    try:
-        body = await request.read() if request.method == "POST" else b""
-    except web.HTTPRequestEntityTooLarge:
-        raise TooLarge("body over max_body_bytes") from None
+    body = await _body(request, settings.read_timeout) if request.method == "POST" else b""
+    for name in _SINGLE_HEADERS:
+        if len(request.headers.getall(name, ())) > 1:
+            raise Unauthorized(f"{name} given more than once")
     return Incoming(
         method=request.method,
         uri=uri,
@@ -121,9 +144,29 @@ async def _incoming(request: web.Request, provider: Provider) -> Incoming:
     )
 
 
+async def _body(request: web.Request, timeout: float) -> bytes:
+    """The whole body, if it arrives within `timeout` of the headers; TooSlow if not."""
+    try:
+        if request.content.is_eof():  # it came with the headers, as callbacks do: no timer
+            return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("body over max_body_bytes") from None
+    except TimeoutError:
+        raise TooSlow(f"body not received within {timeout:g}s") from None
+    except web.RequestPayloadError:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+        raise Malformed("body cannot be decoded") from None
+    except ConnectionError:
+        raise Malformed("the client closed the connection before the end of the body") from None
+
+
 def _forwarded_for(request: web.Request, trusted: Sequence[Any]) -> str:
     """The nearest address in X-Forwarded-For that is not one of our trusted proxies."""
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    # Every X-Forwarded-For line, in order: a proxy may append its own line (HAProxy's
+    # `option forwardfor` does) after one the client made up.
+    lines = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    hops = [hop.strip() for hop in lines.split(",")]
     hops = [hop for hop in hops if hop]
     for hop in reversed(hops):
         if not _in_networks(hop, trusted):
@@ -141,6 +184,29 @@ def _in_networks(address: str, networks: Sequence[Any]) -> bool:
 
 def _text(status: int, body: str) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/plain")
+
+
+async def expect(request: web.Request) -> None:
+    """`Expect: 100-continue` as aiohttp answers it; any other Expect gets 417. aiohttp's
+    own handler writes the value into its 417, and answers 500 instead when the value is
+    not UTF-8 (aiohttp decodes header bytes with surrogateescape)."""
+    if request.version != HttpVersion11:
+        return
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="unsupported Expect header")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer proper has not started
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound()
+
+
+def method_not_allowed(allowed: str) -> Handler:
+    async def refuse(request: web.Request) -> web.Response:
+        raise web.HTTPMethodNotAllowed(request.method, [allowed])
+
+    return refuse
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -179,6 +179,10 @@ class IngressSettings(_Section):
     # Peers allowed to tell the client address (X-Forwarded-For) and the original request
     # target (X-Original-URI, which the IXOPAY signature covers). Empty: trust no header.
     trusted_proxies: tuple[Network, ...] = ()
+    # How long a client may take to send a request: its headers, counted from when the
+    # connection opens or the previous answer went out (an idle keep-alive connection is
+    # closed after it too), then its body, counted from the end of the headers (else 408).
+    read_timeout: Annotated[Duration, Field(gt=0)] = 10.0
 
 
 class DeliverySettings(_Section):

@@ -140,3 +140,19 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_ingress_read_timeout_defaults_to_ten_seconds_and_takes_a_duration(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(write(tmp_path, GOOD), ENV).ingress.read_timeout == 10
+    text = GOOD.replace("max_body_bytes = 65536", 'max_body_bytes = 65536\nread_timeout = "1s"')
+    assert load_settings(write(tmp_path, text), ENV).ingress.read_timeout == 1
+    text = GOOD.replace("max_body_bytes = 65536", 'max_body_bytes = 65536\nread_timeout = "250ms"')
+    assert load_settings(write(tmp_path, text), ENV).ingress.read_timeout == 0.25
+
+
+@pytest.mark.parametrize("value", ['"0s"', "0", '"soon"', "-1", "true"])
+def test_ingress_read_timeout_must_be_a_positive_duration(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"ingress\.read_timeout"):
+        load_settings(write(tmp_path, f"[ingress]\nread_timeout = {value}\n"), {})

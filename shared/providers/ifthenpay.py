@@ -65,7 +65,9 @@ _FORMATS: dict[str, re.Pattern[str]] = {
     "entity": re.compile(r"[0-9]{5}|[A-Z]{2,10}"),
     "reference": re.compile(r"[A-Za-z0-9-]{1,40}"),
     "payment_method": re.compile(r"[A-Za-z0-9_-]{1,32}"),
-    "status": re.compile(r"PAGO|DEVOLVIDO", re.IGNORECASE),
+    # ASCII: under Unicode rules "DEVOLV\u0130DO" (a dotted capital I) matches, and .upper()
+    # leaves it unequal to DEVOLVIDO, so a refund would be read as a payment
+    "status": re.compile(r"PAGO|DEVOLVIDO", re.IGNORECASE | re.ASCII),
 }
 _DATETIME_FORMATS = ("%d-%m-%Y %H:%M:%S", "%d-%m-%Y%H:%M:%S")
 try:
