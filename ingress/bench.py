@@ -43,6 +43,7 @@ from typing import Any
 import redis
 from aiohttp import web
 
+from shared.processes import stop
 from shared.providers import ixopay
 from shared.redis_server import RedisServer, free_port
 from shared.settings import load_settings, settings_from_dict
@@ -221,16 +222,6 @@ def _pin(cpu: int) -> Callable[[], None]:
     return functools.partial(os.sched_setaffinity, 0, {cpu})
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _healthy(port: int) -> bool:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
     try:
@@ -248,7 +239,7 @@ def start_server(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Pa
     with log.open("wb") as stderr:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
                                    cwd=_PROJECT, preexec_fn=_pin(cpu))
-    stack.callback(_stop, process)
+    stack.callback(stop, process)
     port, deadline = int(argv[-1]), time.monotonic() + 30
     while not _healthy(port):
         if process.poll() is not None or time.monotonic() > deadline:

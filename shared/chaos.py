@@ -59,6 +59,7 @@ import redis
 from standardwebhooks import Webhook
 from yarl import URL
 
+from shared.processes import stop
 from shared.redis_server import RedisServer, free_port
 from shared.simulators import callbacks as build
 from shared.simulators.callbacks import OutgoingCallback
@@ -219,7 +220,7 @@ class System:
             process = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", *argv, "--config", str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=_PROJECT, env=_env())
-        stack.callback(_stop, process)
+        stack.callback(stop, process)
         return process
 
     def start_worker(self, stack: contextlib.ExitStack) -> None:
@@ -228,16 +229,6 @@ class System:
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PAYHOOKS_")}
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _wait(ready: Callable[[], bool], seconds: float, what: str) -> None:
@@ -263,7 +254,7 @@ def start(stack: contextlib.ExitStack, plan: Plan) -> System:
         sims = subprocess.Popen([sys.executable, "-m", "shared.simulators", "--port",
                                  str(sims_port)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=_PROJECT, env=_env())
-    stack.callback(_stop, sims)
+    stack.callback(stop, sims)
     sims_url = f"http://127.0.0.1:{sims_port}"
     _wait(lambda: _answers(f"{sims_url}/_sim/faults"), 30, "the simulators did not start")
     endpoint = stack.enter_context(MerchantEndpoint(verify_secret=SECRETS["hook"]))

@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 import redis
 
+from shared.processes import stop
 from shared.redis_server import free_port
 from tests.helpers import MERCHANT_CONFIG, queued_callbacks, to_toml
 
@@ -54,12 +55,7 @@ def ingress(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         _wait_until_healthy(port, process, log)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=20)
 
 
 def _wait_until_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

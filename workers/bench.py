@@ -54,9 +54,10 @@ from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 from yarl import URL
 
-from ingress.bench import BenchError, _pin, _stop, _version
+from ingress.bench import BenchError, _pin, _version
 from shared import queue as queues
 from shared.models import callback_json, new_callback_id, utcnow
+from shared.processes import stop
 from shared.providers import build_providers
 from shared.redis_server import RedisServer, free_port
 from shared.settings import Settings, load_settings
@@ -136,7 +137,7 @@ def _spawn(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Path,
     with log.open("wb") as stderr:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=_env(),
                                    cwd=_PROJECT, preexec_fn=_pin(cpu))
-    stack.callback(_stop, process)
+    stack.callback(stop, process)
     if ready is not None:
         _wait(lambda: process.poll() is None and _answers(ready), 30,
               f"{' '.join(argv[1:4])} did not start:\n{_tail(log)}")

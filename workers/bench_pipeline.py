@@ -45,8 +45,9 @@ from pathlib import Path
 
 import orjson
 
-from ingress.bench import BenchError, _stop
+from ingress.bench import BenchError
 from shared import queue as queues
+from shared.processes import stop
 from shared.redis_server import free_port
 from shared.settings import load_settings
 from shared.simulators.callbacks import OutgoingCallback
@@ -127,7 +128,7 @@ def _spawn(stack: contextlib.ExitStack, argv: list[str], cpus: set[int], log: Pa
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr,
                                    env=worker_bench._env(), cwd=_PROJECT,
                                    preexec_fn=functools.partial(os.sched_setaffinity, 0, cpus))
-    stack.callback(_stop, process)
+    stack.callback(stop, process)
     return process
 
 
