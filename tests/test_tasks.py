@@ -337,3 +337,16 @@ def test_a_flood_of_callbacks_cannot_spend_the_merchants_api_quota(
     with pytest.raises(ProviderUnavailable, match="a minute already used"):
         process_callback(genuine)  # waits for the next minute: retried, not dropped
     assert admin.stats()["requests"]["netaxept"] == 3
+
+
+def test_only_requests_to_the_provider_spend_the_follow_up_budget(
+        worker_runtime: Runtime, redis_client: redis.Redis, sims: Any) -> None:
+    config = worker_config(worker_runtime.settings.redis_url, sims.url)
+    config["merchants"]["shop-eu"]["ixopay"]["max_follow_ups_per_minute"] = 1
+    runtimes.install(Runtime(settings_from_dict(config, environ={}), worker_runtime.redis,
+                             worker_runtime.http))
+    # IXOPAY's signed callback is authoritative unless verify_with_status_api: no request,
+    # so a sales peak of them is never held back by the cap
+    for n in range(5):
+        assert process_callback(ixopay(uuid_=f"peak-{n}"))["events"]
+    assert len(events(redis_client)) == 5

@@ -8,6 +8,7 @@ client for the life of the process keeps provider connections alive across jobs.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -38,8 +39,12 @@ class Runtime:
                                health_check_interval=30)
         return cls(settings, redis, http or make_client())
 
-    def follow_up_context(self) -> FollowUp:
-        return FollowUp(http=self.http, limit=self.limit)
+    def follow_up_context(self, key: str | None = None, per_minute: int = 0) -> FollowUp:
+        """The context of a follow-up; with `key`, its requests share that budget."""
+        if key is None:
+            return FollowUp(http=self.http, limit=self.limit)
+        return FollowUp(http=self.http, limit=self.limit,
+                        spend=functools.partial(self.limit, key, per_minute))
 
     def limit(self, key: str, per_minute: int) -> None:
         """A fixed one-minute window shared by every worker: ProviderUnavailable when spent."""

@@ -61,9 +61,10 @@ def _process(runtime: runtimes.Runtime, callback: Callback, started: float,
         if merchant is None or provider is None:
             raise ProviderRejected("the merchant or provider is no longer configured")
         budget = merchant.providers()[callback.provider].max_follow_ups_per_minute
-        runtime.limit(f"followup:{callback.merchant}:{callback.provider}", budget)
+        context = runtime.follow_up_context(
+            f"followup:{callback.merchant}:{callback.provider}", budget)
         asked = time.perf_counter()
-        facts = provider.follow_up(callback, runtime.follow_up_context())
+        facts = provider.follow_up(callback, context)
         batch.observe("followup_seconds", time.perf_counter() - asked, callback.provider)
         events = record(runtime.redis, callback, facts, merchant.hooks,
                         runtime.settings.delivery.retry_schedule)

@@ -19,7 +19,7 @@ for permanent ones and `UnsupportedEvent` for callbacks that map to no event.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from shared.errors import Malformed
+from shared.http import send
 from shared.models import Callback, Fact
 
 
@@ -52,12 +53,25 @@ class RateLimiter(Protocol):
         """Take one request from the budget `key`; ProviderUnavailable when it is spent."""
 
 
+def _unlimited() -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class FollowUp:
-    """What a provider's follow_up may use: an HTTP client and a shared rate limiter."""
+    """What a provider's follow_up may use: an HTTP client and a shared rate limiter.
+    Every request goes through `send`, which first takes one from the merchant's budget of
+    follow-up queries (`max_follow_ups_per_minute`): a callback that needs no request
+    spends none of it."""
 
     http: httpx.Client
     limit: RateLimiter
+    spend: Callable[[], None] = _unlimited  # ProviderUnavailable when the budget is spent
+
+    def send(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        """A follow-up request (shared.http.send), counted against the budget."""
+        self.spend()
+        return send(self.http, method, url, what, **kwargs)
 
 
 class Provider(Protocol):

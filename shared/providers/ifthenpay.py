@@ -32,7 +32,6 @@ from urllib.parse import parse_qsl, quote, unquote_plus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.errors import Malformed, ProviderRejected, ProviderUnavailable, Unauthorized
-from shared.http import send
 from shared.models import Callback, EventType, Fact
 from shared.money import to_minor
 from shared.providers.base import Accepted, FollowUp, Incoming, join_url, same_secret
@@ -138,7 +137,7 @@ class Ifthenpay:
                 query[name] = fields[field]
                 break
         url = join_url(self._settings.base_url, "/v2/payments/read")
-        response = send(context.http, "POST", url, "ifthenpay payments API", json=query)
+        response = context.send("POST", url, "ifthenpay payments API", json=query)
         try:
             answer = response.json()
         except ValueError:

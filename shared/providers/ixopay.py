@@ -48,7 +48,6 @@ from shared.errors import (
     Unauthorized,
     UnsupportedEvent,
 )
-from shared.http import send
 from shared.models import Callback, EventType, Fact
 from shared.money import to_minor
 from shared.providers.base import (
@@ -171,8 +170,8 @@ class Ixopay:
         context.limit(f"ixopay:{settings.api_key}", _STATUS_API_PER_MINUTE)
         path = f"/api/v3/status/{settings.api_key}/getByUuid/{uuid}"
         date = formatdate(usegmt=True)
-        response = send(
-            context.http, "GET", join_url(settings.base_url, path), "ixopay status API",
+        response = context.send(
+            "GET", join_url(settings.base_url, path), "ixopay status API",
             auth=(settings.username, settings.password.get_secret_value()),
             headers={"Date": date, "Content-Type": JSON_CONTENT_TYPE,
                      "X-Signature": _signature(self._keyed, "GET", _body_digest(b"", "sha512"),

@@ -41,7 +41,6 @@ from shared.errors import (
     Unauthorized,
     UnsupportedEvent,
 )
-from shared.http import send
 from shared.models import Callback, EventType, Fact
 from shared.providers.base import (
     Accepted,
@@ -79,8 +78,8 @@ class Netaxept:
 
     def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
         settings = self._settings
-        response = send(
-            context.http, "GET", join_url(settings.base_url, "/Netaxept/Query.aspx"),
+        response = context.send(
+            "GET", join_url(settings.base_url, "/Netaxept/Query.aspx"),
             "netaxept Query",
             params={"merchantId": settings.merchant_id,
                     "token": settings.token.get_secret_value(),

@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from shared.errors import Malformed, ProviderRejected, ProviderUnavailable
-from shared.http import send
 from shared.models import Callback, EventType, Fact
 from shared.providers.base import (
     Accepted,
@@ -90,8 +89,8 @@ class Payex:
         if not (PAYMENT_ORDER_PATH.fullmatch(path.removesuffix("/financialtransactions"))
                 or PAYMENT_PATH.fullmatch(path)):
             raise ProviderRejected(f"payex: refusing to fetch {path!r}")
-        response = send(
-            context.http, "GET", join_url(self._settings.base_url, path), "payex GET",
+        response = context.send(
+            "GET", join_url(self._settings.base_url, path), "payex GET",
             params=params, headers={
                 "Authorization": f"Bearer {self._settings.token.get_secret_value()}",
                 "Accept": "application/json"},
