@@ -80,11 +80,13 @@ redis_url = "{redis}"
 logging = {{ level = "info", format = "json" }}
 delivery = {{ allow_private_networks = true }}
 
+# max_follow_ups_per_minute: measured here is the throughput, not the flood cap (600)
 [merchants.bench]
 ixopay = {{ shared_secret = "{ixopay}", base_url = "{sims}" }}
 ifthenpay = {{ anti_phishing_key = "{ifthenpay}", base_url = "{sims}" }}
-netaxept = {{ merchant_id = "{netaxept_id}", token = "{netaxept}", base_url = "{sims}" }}
-payex = {{ token = "{payex}", base_url = "{sims}" }}
+netaxept = {{ merchant_id = "{netaxept_id}", token = "{netaxept}", base_url = "{sims}", \
+max_follow_ups_per_minute = 1000000 }}
+payex = {{ token = "{payex}", base_url = "{sims}", max_follow_ups_per_minute = 1000000 }}
 hooks = [
   {{ id = "orders", url = "http://127.0.0.1:9/orders", secret = "whsec_MfKQ9r8GKYqrTwjUPD8I" }},
   {{ id = "ledger", url = "http://127.0.0.1:9/ledger", secret = "whsec_MfKQ9r8GKYqrTwjUPD8I" }},
