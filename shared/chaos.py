@@ -9,7 +9,9 @@ The sender sends the callbacks (the four providers in turn, each payment registe
 the simulators first) open-loop at `rate`. It behaves as a provider does: an answer other
 than 200 or 4xx (503 while Redis is down, a refused connection) is sent again after a
 pause, and a share of the callbacks is sent a second time later (providers retry when
-unsure). A share is forged: IXOPAY with a wrong signature and ifthenpay with a wrong key
+unsure). A share of the Netaxept payments is refunded a little later and called back
+again, so a payment's facts change while its earlier callbacks are still being retried
+and processed. A share is forged: IXOPAY with a wrong signature and ifthenpay with a wrong key
 (the ingress must refuse them), Netaxept and PayEx with ids the provider does not know
 (the ingress cannot tell; the worker's follow-up must find nothing).
 
@@ -115,6 +117,7 @@ class Plan:
     workers: int = 8  # mostly waiting on providers: 5% of follow-ups hold one for 10 s
     seed: int | None = None
     duplicate_share: float = 0.2  # callbacks sent a second time, later
+    refund_share: float = 0.2  # Netaxept payments refunded later, then called back again
     forged_share: float = 0.05  # forged callbacks, on top of `callbacks`
     error_rate: float = 0.05  # follow-up queries answered 5xx...
     timeout_rate: float = 0.05  # ...or left to time out (the workers wait 10 s)
@@ -140,7 +143,12 @@ class Outgoing:
     key: Key
     callback: OutgoingCallback
     forged: bool = False
+    order: str = ""
     statuses: list[int] = field(default_factory=list)  # every answer, resends included
+    events: int = 0  # the events its payment must give (see EVENTS; one more if refunded)
+
+    def __post_init__(self) -> None:
+        self.events = self.events or EVENTS[self.key[0]]
 
     @property
     def acknowledged(self) -> bool:
@@ -155,6 +163,7 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     refused: int = 0  # requests the ingress did not answer (connection errors)
     duplicates: int = 0
+    refunds: int = 0
     kills: int = 0
     redis_restarts: list[str] = field(default_factory=list)
     endpoint_down_s: float = 0.0
@@ -291,7 +300,7 @@ def outgoing(admin: SimulatorClient, n: int, forged: bool) -> Outgoing:
                                        captured=5000, order_number=f"order-{n}")
         callback = build.netaxept_callback(MERCHANT, ref, NETAXEPT_USER,
                                            SECRETS["netaxept_password"])
-        return Outgoing((provider, ref), callback, forged)
+        return Outgoing((provider, ref), callback, forged, order=f"order-{n}")
     if provider == "payex":
         if forged:
             path = f"/psp/creditcard/payments/{secrets.token_hex(16)}"
@@ -315,8 +324,10 @@ def outgoing(admin: SimulatorClient, n: int, forged: bool) -> Outgoing:
 
 
 async def send_all(url: str, items: list[Outgoing], plan: Plan, rng: random.Random,
-                   tally: Tally) -> None:
-    """Send every callback open-loop at plan.rate, as providers do (see the module doc)."""
+                   tally: Tally, admin: SimulatorClient) -> None:
+    """Send every callback open-loop at plan.rate, as providers do (see the module doc).
+    A share of the Netaxept payments is refunded at the provider a little later, which
+    calls back again with the same body: one new fact, the earlier ones unchanged."""
 
     async def once(session: aiohttp.ClientSession, item: Outgoing) -> int | None:
         callback = item.callback
@@ -335,14 +346,25 @@ async def send_all(url: str, items: list[Outgoing], plan: Plan, rng: random.Rand
         item.statuses.append(response.status)
         return response.status
 
-    async def deliver(session: aiohttp.ClientSession, item: Outgoing) -> None:
+    async def deliver(session: aiohttp.ClientSession, item: Outgoing) -> int | None:
         pause = 0.5
         for _ in range(30):  # a provider gives up at some point too
             status = await once(session, item)
             if status is not None and status < 500:
-                return
+                return status
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
+        return None
+
+    async def refund_later(session: aiohttp.ClientSession, item: Outgoing, delay: float
+                           ) -> None:
+        await asyncio.sleep(delay)
+        await asyncio.to_thread(
+            admin.netaxept_transaction, item.key[1], NETAXEPT_ID, 5000, currency="NOK",
+            authorized=True, captured=5000, credited=5000, order_number=item.order)
+        tally.refunds += 1
+        if await deliver(session, item) == 200:  # acknowledged: the refund must arrive too
+            item.events += 1
 
     async def again_later(session: aiohttp.ClientSession, item: Outgoing, delay: float
                           ) -> None:
@@ -359,6 +381,9 @@ async def send_all(url: str, items: list[Outgoing], plan: Plan, rng: random.Rand
             if not item.forged and rng.random() < plan.duplicate_share:
                 tasks.append(asyncio.create_task(
                     again_later(session, item, rng.uniform(0.5, 15.0))))
+            if item.key[0] == "netaxept" and not item.forged and rng.random() < plan.refund_share:
+                tasks.append(asyncio.create_task(
+                    refund_later(session, item, rng.uniform(1.0, 20.0))))
         await asyncio.gather(*tasks)
 
 
@@ -443,7 +468,7 @@ def settle(system: System, items: list[Outgoing], plan: Plan, tally: Tally,
            say: Callable[[str], None]) -> None:
     """Wait until every acknowledged callback's events arrived and no callback job is left,
     replaying dead letters on the way; or until nothing moved for plan.settle seconds."""
-    wanted = {item.key: EVENTS[item.key[0]] for item in items
+    wanted = {item.key: item.events for item in items
               if item.acknowledged and not item.forged}
     last, moved = (-1, -1), time.monotonic()
     while time.monotonic() - moved < plan.settle:
@@ -523,13 +548,13 @@ def account(system: System, items: list[Outgoing]) -> Account:
             str(event["id"]))
     delivered = _delivered(system.endpoint)
     lost = [item.key for item in acknowledged
-            if len(delivered.get(item.key, ())) < EVENTS[item.key[0]]]
+            if len(delivered.get(item.key, ())) < item.events]
     forged_keys = {item.key for item in forged}
     found, lines, values = find_secrets(system.directory, system.redis)
     return Account(
         genuine=len(genuine), acknowledged=len(acknowledged),
         refused=sum(any(400 <= status < 500 for status in item.statuses) for item in genuine),
-        expected_events=sum(EVENTS[item.key[0]] for item in acknowledged),
+        expected_events=sum(item.events for item in acknowledged),
         delivered_events=sum(1 for fact in ids if fact[:2] not in forged_keys),
         lost=lost, split_facts=[fact for fact, event_ids in ids.items() if len(event_ids) > 1],
         forged=len(forged), forged_acknowledged=sum(item.acknowledged for item in forged),
@@ -543,6 +568,7 @@ def report(plan: Plan, tally: Tally, result: Account, seconds: float) -> list[st
         ("  acknowledged (answered 200)", result.acknowledged),
         ("  refused with a 4xx", result.refused),
         ("  sent again later, as providers do", tally.duplicates),
+        ("  Netaxept payments refunded, then called back", tally.refunds),
         ("requests to the ingress, resends included", tally.requests),
         ("  answered 503 (Redis down), then resent", tally.statuses[503]),
         ("  answered 5xx other than 503", sum(n for s, n in tally.statuses.items()
@@ -592,7 +618,7 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> int:
             chaos = threading.Thread(target=faults, name="faults", daemon=True, args=(
                 system, stack, plan, rng, tally, done, say))
             chaos.start()
-            asyncio.run(send_all(system.ingress, items, plan, rng, tally))
+            asyncio.run(send_all(system.ingress, items, plan, rng, tally, system.admin))
             done.set()
             chaos.join()
             system.admin.faults("all", error_rate=0.0, timeout_rate=0.0)

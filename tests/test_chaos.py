@@ -48,6 +48,7 @@ def test_the_quick_chaos_run_loses_nothing_doubles_nothing_and_trusts_no_forgery
     assert found["facts delivered under two event ids"] == 0
     assert found["events from forged callbacks"] == 0
     assert found["forged callbacks sent"] == 20
+    assert found["Netaxept payments refunded, then called back"] > 0
     assert found["answered 5xx other than 503"] == 0
     assert found["secrets found in them"] == 0
     # the faults happened
