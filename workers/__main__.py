@@ -196,13 +196,12 @@ def work(settings: Settings, burst: bool = False) -> int:
     while True:
         worker = build_worker(settings)
         try:
-            worked = worker.work(burst=burst, with_scheduler=True,
-                                 logging_level=settings.logging.level.upper())
+            worker.work(burst=burst, with_scheduler=True,
+                        logging_level=settings.logging.level.upper())
         except redis.RedisError as exc:  # raised on the way out, when Redis is gone
-            worked = False
             log.warning("worker.redis_lost", worker=worker.name, error=exc.__class__.__name__)
-        if burst or worker.stopping:
-            return 0 if worked or burst else 1
+        if burst or worker.stopping:  # done, or asked to stop: a clean exit either way
+            return 0
         log.warning("worker.restarting", worker=worker.name)
         if not _wait_for_redis(worker.connection):
             return 0
