@@ -1,9 +1,9 @@
 """`payhooks chaos`: the real system under faults, then an account of every callback.
 
-What runs, all on 127.0.0.1: a Redis of our own with AOF (`appendfsync always`), the provider
-simulators (`python -m shared.simulators`), `payhooks ingress` and W `payhooks worker`
-processes; in this process, a merchant endpoint that checks each event's Standard Webhooks
-signature, the sender, and the faults.
+What runs, all on 127.0.0.1: a Redis of our own with AOF (`appendfsync always` unless
+`--appendfsync` says otherwise), the provider simulators (`python -m shared.simulators`),
+`payhooks ingress` and W `payhooks worker` processes; in this process, a merchant endpoint
+that checks each event's Standard Webhooks signature, the sender, and the faults.
 
 The sender sends the callbacks (the four providers in turn, each payment registered with
 the simulators first) open-loop at `rate`. It behaves as a provider does: an answer other
@@ -127,6 +127,7 @@ class Plan:
     pause_after: int = 5  # the hook's circuit breaker (the quick form never lets it trip)
     settle: float = 600.0  # give up when nothing moved for this long after sending
     keep_logs: bool = False  # keep the logs folder even when every count is right
+    appendfsync: str = "always"  # Redis's AOF fsync policy: always, everysec or no
 
     @classmethod
     def quick(cls, seed: int | None = None) -> Plan:
@@ -257,7 +258,7 @@ def _answers(url: str) -> bool:
 def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     """Redis, the simulators (with their faults), the endpoint, the ingress and the workers."""
     directory = Path(tempfile.mkdtemp(prefix="payhooks-chaos-"))
-    server = stack.enter_context(RedisServer(appendonly=True, appendfsync="always"))
+    server = stack.enter_context(RedisServer(appendonly=True, appendfsync=plan.appendfsync))
     sims_port = free_port()
     with (directory / "simulators.log").open("wb") as out:
         sims = subprocess.Popen([sys.executable, "-m", "shared.simulators", "--port",
@@ -583,7 +584,7 @@ def report(plan: Plan, tally: Tally, result: Account, seconds: float) -> list[st
         ("  forged answered 200 (unverifiable ids)", result.forged_acknowledged),
         ("  events from forged callbacks", result.forged_events),
         ("workers SIGKILLed", tally.kills),
-        ("Redis restarts (AOF, appendfsync always)", len(tally.redis_restarts)),
+        (f"Redis restarts (AOF, appendfsync {plan.appendfsync})", len(tally.redis_restarts)),
         ("log lines and Redis values searched", result.log_lines + result.redis_values),
         ("secrets found in them", len(result.secrets_found)),
     ]

@@ -151,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--rate", type=float, help="callbacks a second (default 10)")
     chaos.add_argument("--workers", type=int, help="worker processes (default 8)")
     chaos.add_argument("--seed", type=int, help="seed of the random choices, to repeat a run")
+    chaos.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="always",
+                       help="Redis's AOF fsync policy during the run (default always)")
     chaos.add_argument("--keep-logs", action="store_true",
                        help="keep the processes' logs (kept anyway when a count is off)")
     chaos.set_defaults(run=_chaos)
@@ -301,7 +303,7 @@ def _chaos(args: argparse.Namespace) -> int:
 
     plan = Plan.quick(args.seed) if args.quick else Plan(seed=args.seed)
     given = {name: getattr(args, name) for name in ("callbacks", "rate", "workers")}
-    plan = dataclasses.replace(plan, keep_logs=args.keep_logs,
+    plan = dataclasses.replace(plan, keep_logs=args.keep_logs, appendfsync=args.appendfsync,
                                **{k: v for k, v in given.items() if v is not None})
     return run(plan)
 
