@@ -29,6 +29,7 @@ from shared.errors import (
     Malformed,
     StoreUnavailable,
     TooLarge,
+    TooSlow,
     Unauthorized,
 )
 from shared.models import callback_json, new_callback_id, utcnow
@@ -43,13 +44,6 @@ _OUTCOMES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 408: "time
 # Headers that carry a credential or a signed value. Given twice, which copy counts would
 # depend on who reads the request (a proxy, a provider module), so neither copy does.
 _SINGLE_HEADERS = ("Authorization", "X-Authorization", "X-Signature", "Date", "X-Date")
-
-
-class TooSlow(CallbackRejected):
-    """The body did not arrive within [ingress] read_timeout of the headers."""
-
-    status = 408
-    public_message = "request timeout"
 
 
 def callback_handler(provider_name: str) -> Handler:

@@ -7,6 +7,7 @@
         Unauthorized         - signature, key or credentials do not verify (HTTP 401, no detail)
         Forbidden            - source address not allowed (HTTP 403)
         TooLarge             - body over max_body_bytes (HTTP 413)
+        TooSlow              - body not received within read_timeout (HTTP 408)
       StoreUnavailable       - Redis did not take the job (HTTP 503, the provider retries)
       UnsupportedEvent       - verified, but nothing we deliver: the worker logs it, no event
       ProviderUnavailable    - a follow-up query timed out, got 5xx or 429: RQ retries the job
@@ -65,6 +66,13 @@ class TooLarge(CallbackRejected):
 
     status = 413
     public_message = "body too large"
+
+
+class TooSlow(CallbackRejected):
+    """The body did not arrive within [ingress] read_timeout of the headers."""
+
+    status = 408
+    public_message = "request timeout"
 
 
 class StoreUnavailable(PayhooksError):
