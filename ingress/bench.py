@@ -43,7 +43,7 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from shared.processes import stop
+from shared.processes import clean_env, stop
 from shared.providers import ixopay
 from shared.redis_server import RedisServer, free_port
 from shared.settings import load_settings, settings_from_dict
@@ -235,10 +235,9 @@ def _healthy(port: int) -> bool:
 
 def start_server(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Path) -> str:
     """Start a server pinned to `cpu` (its last argument is its port); its URL once healthy."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYHOOKS_")}
     with log.open("wb") as stderr:
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
-                                   cwd=_PROJECT, preexec_fn=_pin(cpu))
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env=clean_env(), cwd=_PROJECT, preexec_fn=_pin(cpu))
     stack.callback(stop, process)
     port, deadline = int(argv[-1]), time.monotonic() + 30
     while not _healthy(port):

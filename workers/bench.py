@@ -57,7 +57,7 @@ from yarl import URL
 from ingress.bench import BenchError, _pin, _version
 from shared import queue as queues
 from shared.models import callback_json, new_callback_id, utcnow
-from shared.processes import stop
+from shared.processes import answers, clean_env, stop, wait_until
 from shared.providers import build_providers
 from shared.redis_server import RedisServer, free_port
 from shared.settings import Settings, load_settings
@@ -110,22 +110,8 @@ class Bench:
     cpus: tuple[int, int]  # (what is measured, everything else)
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PAYHOOKS_")}
-
-
-def _answers(url: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(url, timeout=1.0).status_code == 200
-    return False
-
-
-def _wait(ready: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > deadline:
-            raise BenchError(what)
-        time.sleep(0.05)
+def _wait(ready: Callable[[], bool], seconds: float, what: str | Callable[[], str]) -> None:
+    wait_until(ready, seconds, what, BenchError)
 
 
 def _tail(log: Path) -> str:
@@ -137,12 +123,12 @@ def _spawn(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Path,
     """Start a process pinned to `cpu`, stopped when `stack` closes; wait until `ready`
     answers a GET with 200."""
     with log.open("wb") as stderr:
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=_env(),
-                                   cwd=_PROJECT, preexec_fn=_pin(cpu))
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env=clean_env(), cwd=_PROJECT, preexec_fn=_pin(cpu))
     stack.callback(stop, process)
     if ready is not None:
-        _wait(lambda: process.poll() is None and _answers(ready), 30,
-              f"{' '.join(argv[1:4])} did not start:\n{_tail(log)}")
+        _wait(lambda: process.poll() is None and answers(ready), 30,
+              lambda: f"{' '.join(argv[1:4])} did not start:\n{_tail(log)}")
 
 
 def _worker_argv(bench: Bench, queue: str, *burst: str) -> list[str]:
@@ -238,7 +224,7 @@ def _burst(bench: Bench, queue: str, ids: list[str]) -> float:
     log = bench.directory / f"worker-{queue}.log"
     with log.open("wb") as stderr:
         done = subprocess.run(_worker_argv(bench, queue, "--burst"), stdout=subprocess.DEVNULL,
-                              stderr=stderr, env=_env(), cwd=_PROJECT, timeout=900,
+                              stderr=stderr, env=clean_env(), cwd=_PROJECT, timeout=900,
                               preexec_fn=_pin(bench.cpus[0]), check=False)
     if done.returncode != 0:
         raise BenchError(f"the worker exited with {done.returncode}:\n{_tail(log)}")

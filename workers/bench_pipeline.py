@@ -47,7 +47,7 @@ import orjson
 
 from ingress.bench import BenchError
 from shared import queue as queues
-from shared.processes import stop
+from shared.processes import answers, clean_env, stop
 from shared.redis_server import free_port
 from shared.settings import load_settings
 from shared.simulators.callbacks import OutgoingCallback
@@ -126,7 +126,7 @@ def _spawn(stack: contextlib.ExitStack, argv: list[str], cpus: set[int], log: Pa
            ) -> subprocess.Popen[bytes]:
     with log.open("wb") as stderr:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env=worker_bench._env(), cwd=_PROJECT,
+                                   env=clean_env(), cwd=_PROJECT,
                                    preexec_fn=functools.partial(os.sched_setaffinity, 0, cpus))
     stack.callback(stop, process)
     return process
@@ -141,8 +141,8 @@ def start_ingress(stack: contextlib.ExitStack, system: System, cpus: set[int]
                              str(port)], cpus, log)
     url = f"http://127.0.0.1:{port}"
     worker_bench._wait(
-        lambda: process.poll() is None and worker_bench._answers(f"{url}/healthz"), 30,
-        f"the ingress did not start:\n{worker_bench._tail(log)}")
+        lambda: process.poll() is None and answers(f"{url}/healthz"), 30,
+        lambda: f"the ingress did not start:\n{worker_bench._tail(log)}")
     return url, process
 
 
@@ -156,7 +156,8 @@ def start_workers(stack: contextlib.ExitStack, system: System, count: int, cpus:
                  for n in range(count)]
     worker_bench._wait(
         lambda: client.scard("rq:workers") >= before + count, 60,
-        f"{count} workers did not start:\n{worker_bench._tail(directory / 'worker-0.log')}")
+        lambda: f"{count} workers did not start:\n"
+                f"{worker_bench._tail(directory / 'worker-0.log')}")
     return processes
 
 
