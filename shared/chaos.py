@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import secrets
 import shutil
@@ -48,7 +47,7 @@ import threading
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +60,7 @@ import redis
 from standardwebhooks import Webhook
 from yarl import URL
 
-from shared.processes import stop
+from shared.processes import answers, clean_env, stop, wait_until
 from shared.redis_server import RedisServer, free_port
 from shared.simulators import callbacks as build
 from shared.simulators.callbacks import OutgoingCallback
@@ -104,6 +103,7 @@ callback_password = "{netaxept_password}"
 """
 _PROJECT = Path(__file__).resolve().parent.parent
 Key = tuple[str, str]  # provider, payment id
+Fact = tuple[str, str, str]  # provider, payment id, event type
 
 
 class ChaosError(Exception):
@@ -181,7 +181,7 @@ class Account:
     expected_events: int
     delivered_events: int
     lost: list[Key]
-    split_facts: list[tuple[str, str, str]]  # facts that came under two or more event ids
+    split_facts: list[Fact]  # facts that came under two or more event ids
     forged: int
     forged_acknowledged: int
     forged_events: int
@@ -229,7 +229,7 @@ class System:
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", *argv, "--config", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, cwd=_PROJECT, env=_env())
+                stdout=out, stderr=subprocess.STDOUT, cwd=_PROJECT, env=clean_env())
         stack.callback(stop, process)
         return process
 
@@ -237,22 +237,8 @@ class System:
         self.workers.append(self.spawn(stack, "worker"))
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PAYHOOKS_")}
-
-
 def _wait(ready: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > deadline:
-            raise ChaosError(what)
-        time.sleep(0.05)
-
-
-def _answers(url: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(url, timeout=1.0).status_code == 200
-    return False
+    wait_until(ready, seconds, what, ChaosError)
 
 
 def start(stack: contextlib.ExitStack, plan: Plan) -> System:
@@ -263,10 +249,10 @@ def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     with (directory / "simulators.log").open("wb") as out:
         sims = subprocess.Popen([sys.executable, "-m", "shared.simulators", "--port",
                                  str(sims_port)], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=_PROJECT, env=_env())
+                                cwd=_PROJECT, env=clean_env())
     stack.callback(stop, sims)
     sims_url = f"http://127.0.0.1:{sims_port}"
-    _wait(lambda: _answers(f"{sims_url}/_sim/faults"), 30, "the simulators did not start")
+    _wait(lambda: answers(f"{sims_url}/_sim/faults"), 30, "the simulators did not start")
     endpoint = stack.enter_context(MerchantEndpoint(verify_secret=SECRETS["hook"]))
     config = directory / "payhooks.toml"
     config.write_text(CONFIG.format(
@@ -283,7 +269,7 @@ def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     port = free_port()
     ingress = system.spawn(stack, "ingress", "--host", "127.0.0.1", "--port", str(port))
     system.ingress = f"http://127.0.0.1:{port}"
-    _wait(lambda: ingress.poll() is None and _answers(f"{system.ingress}/healthz"), 30,
+    _wait(lambda: ingress.poll() is None and answers(f"{system.ingress}/healthz"), 30,
           "the ingress did not start")
     for _ in range(plan.workers):
         system.start_worker(stack)
@@ -440,29 +426,40 @@ def _callback_jobs_pending(client: redis.Redis) -> int:
                + client.zcard("rq:scheduled:callbacks"))
 
 
-def _events(endpoint: MerchantEndpoint) -> Iterator[tuple[dict[str, object], bool]]:
-    """Each request the endpoint received: its event, and whether its signature verifies
-    (the HMAC over id, timestamp and body; not the timestamp's age, which depends on when
-    this runs: the endpoint itself answered 401 to stale ones when they came)."""
-    webhook = Webhook(SECRETS["hook"])
-    for received in list(endpoint.received):
-        headers = {name.lower(): value for name, value in received.headers.items()}
-        try:
-            stamp = datetime.fromtimestamp(int(headers["webhook-timestamp"]), tz=UTC)
-            expected = webhook.sign(headers["webhook-id"], stamp, received.body.decode())
-            verified = expected in headers["webhook-signature"].split()
-        except (KeyError, ValueError):
-            verified = False
-        yield orjson.loads(received.body), verified
+@dataclass
+class Arrivals:
+    """What the endpoint received, each request read once: every fact's event ids, how
+    many facts each payment has, and the requests whose signature does not verify (the
+    HMAC over id, timestamp and body; not the timestamp's age, which depends on when this
+    runs: the endpoint itself answered 401 to stale ones when they came)."""
 
+    endpoint: MerchantEndpoint
+    ids: defaultdict[Fact, set[str]] = field(default_factory=lambda: defaultdict(set))
+    facts: Counter[Key] = field(default_factory=Counter)
+    unverified: int = 0
+    read: int = 0
 
-def _delivered(endpoint: MerchantEndpoint) -> dict[Key, set[str]]:
-    by_key: dict[Key, set[str]] = defaultdict(set)
-    for event, verified in _events(endpoint):
-        data = event["data"]
-        if verified and isinstance(data, dict):
-            by_key[str(data["provider"]), str(data["payment_id"])].add(str(event["type"]))
-    return by_key
+    def update(self) -> Arrivals:
+        webhook = Webhook(SECRETS["hook"])
+        received = self.endpoint.received[self.read:]
+        self.read += len(received)
+        for request in received:
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            event, data = orjson.loads(request.body), None
+            try:
+                stamp = datetime.fromtimestamp(int(headers["webhook-timestamp"]), tz=UTC)
+                expected = webhook.sign(headers["webhook-id"], stamp, request.body.decode())
+                if expected in headers["webhook-signature"].split():
+                    data = event["data"]
+            except (KeyError, ValueError):
+                pass
+            if not isinstance(data, dict):
+                self.unverified += 1
+                continue
+            fact = str(data["provider"]), str(data["payment_id"]), str(event["type"])
+            self.facts[fact[:2]] += not self.ids[fact]
+            self.ids[fact].add(str(event["id"]))
+        return self
 
 
 def settle(system: System, items: list[Outgoing], plan: Plan, tally: Tally,
@@ -471,13 +468,14 @@ def settle(system: System, items: list[Outgoing], plan: Plan, tally: Tally,
     replaying dead letters on the way; or until nothing moved for plan.settle seconds."""
     wanted = {item.key: item.events for item in items
               if item.acknowledged and not item.forged}
+    arrivals = Arrivals(system.endpoint)
     last, moved = (-1, -1), time.monotonic()
     while time.monotonic() - moved < plan.settle:
         with contextlib.suppress(redis.RedisError):
             if system.redis.zcard("payhooks:dead"):
                 tally.replayed += _replay(system, say)
-            delivered = _delivered(system.endpoint)
-            missing = sum(max(0, n - len(delivered.get(key, ()))) for key, n in wanted.items())
+            facts = arrivals.update().facts
+            missing = sum(max(0, n - facts[key]) for key, n in wanted.items())
             pending = _callback_jobs_pending(system.redis)
             if missing == 0 and pending == 0:
                 return
@@ -492,7 +490,7 @@ def _replay(system: System, say: Callable[[str], None]) -> int:
     count = int(system.redis.zcard("payhooks:dead"))
     done = subprocess.run([sys.executable, "-m", "shared.cli", "replay", "--config",
                            str(system.config), "--merchant", MERCHANT], capture_output=True,
-                          text=True, cwd=_PROJECT, env=_env(), timeout=120, check=False)
+                          text=True, cwd=_PROJECT, env=clean_env(), timeout=120, check=False)
     say(f"chaos: payhooks replay: {done.stdout.strip() or done.stderr.strip()}")
     return count if done.returncode == 0 else 0
 
@@ -538,18 +536,9 @@ def account(system: System, items: list[Outgoing]) -> Account:
     genuine = [item for item in items if not item.forged]
     forged = [item for item in items if item.forged]
     acknowledged = [item for item in genuine if item.acknowledged]
-    ids: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    unverified = 0
-    for event, verified in _events(system.endpoint):
-        data = event["data"]
-        if not verified or not isinstance(data, dict):
-            unverified += 1
-            continue
-        ids[str(data["provider"]), str(data["payment_id"]), str(event["type"])].add(
-            str(event["id"]))
-    delivered = _delivered(system.endpoint)
-    lost = [item.key for item in acknowledged
-            if len(delivered.get(item.key, ())) < item.events]
+    arrivals = Arrivals(system.endpoint).update()
+    ids = arrivals.ids
+    lost = [item.key for item in acknowledged if arrivals.facts[item.key] < item.events]
     forged_keys = {item.key for item in forged}
     found, lines, values = find_secrets(system.directory, system.redis)
     return Account(
@@ -560,7 +549,7 @@ def account(system: System, items: list[Outgoing]) -> Account:
         lost=lost, split_facts=[fact for fact, event_ids in ids.items() if len(event_ids) > 1],
         forged=len(forged), forged_acknowledged=sum(item.acknowledged for item in forged),
         forged_events=sum(1 for fact in ids if fact[:2] in forged_keys),
-        unverified=unverified, secrets_found=found, log_lines=lines, redis_values=values)
+        unverified=arrivals.unverified, secrets_found=found, log_lines=lines, redis_values=values)
 
 
 def report(plan: Plan, tally: Tally, result: Account, seconds: float) -> list[str]:
