@@ -312,6 +312,12 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def cpu_model() -> str:
+    """The processor's name, as /proc/cpuinfo gives it."""
+    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    return model.group(1) if model else "unknown CPU"
+
+
 def _persistence(client: redis.Redis) -> str:
     config = client.config_get("appendonly")
     if config.get("appendonly") != "yes":
@@ -320,14 +326,13 @@ def _persistence(client: redis.Redis) -> str:
 
 
 def header(setup: Setup, seconds: float, connections: int, server_cpu: int, rounds: int) -> str:
-    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
     return (
         f"payhooks ingress benchmark: {connections} connections, medians of {rounds} rounds of "
         f"{seconds:g} s (bare, then ingress), wrk "
         f"on CPU {setup.load_cpu}, server on CPU {server_cpu}, Redis "
         f"{setup.redis.info('server')['redis_version']} ({_persistence(setup.redis)}, on CPU "
         f"{setup.load_cpu})"
-        f"\nmachine: {os.cpu_count()} cores, {model.group(1) if model else 'unknown CPU'}, "
+        f"\nmachine: {os.cpu_count()} cores, {cpu_model()}, "
         f"Python {platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop "
         f"{_version('uvloop')}; {REQUESTS_PER_PROVIDER} distinct requests per provider\n"
         f"{'provider':<10}{'bare req/s':>12}{'ingress req/s':>15}{'ratio':>7}{'p50 ms':>8}"

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ingress.bench import WrkResult, _version, median_result
+from ingress.bench import WrkResult, _version, cpu_model, median_result
 from workers.bench import _percentile
 from workers.bench_pipeline import Pipeline
 
@@ -137,11 +137,9 @@ def figures(results: Results) -> list[Figure]:
 
 
 def _machine(redis_version: str) -> str:
-    cpuinfo, meminfo = Path("/proc/cpuinfo").read_text(), Path("/proc/meminfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    memory = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.M)
+    memory = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
     system = platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
-    return (f"{os.cpu_count()} cores, {model.group(1) if model else 'unknown CPU'}, "
+    return (f"{os.cpu_count()} cores, {cpu_model()}, "
             f"{int(memory.group(1)) / 2**20 if memory else 0:.0f} GiB RAM, {system}, Python "
             f"{platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop "
             f"{_version('uvloop')}, RQ {_version('rq')}, redis-py {_version('redis')}, "

@@ -33,7 +33,6 @@ import contextlib
 import math
 import os
 import platform
-import re
 import secrets
 import statistics
 import subprocess
@@ -54,7 +53,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 from yarl import URL
 
-from ingress.bench import BenchError, _pin, _version
+from ingress.bench import BenchError, _pin, _version, cpu_model
 from shared import queue as queues
 from shared.models import callback_json, new_callback_id, utcnow
 from shared.processes import answers, clean_env, stop, wait_until
@@ -353,12 +352,11 @@ def _percentile(values: Sequence[float], share: float) -> float:
 
 
 def header(bench: Bench, count: int, rounds: int, seconds: float) -> str:
-    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
     return (
         f"payhooks worker benchmark: {count} callbacks a round (a quarter per provider, "
         f"{len(HOOKS)} hooks taking every event), medians of {rounds} rounds (no-op, then "
         f"process_callback); end to end {seconds:g} s at {LOAD_SHARE:.0%} of that rate\n"
-        f"machine: {os.cpu_count()} cores, {model.group(1) if model else 'unknown CPU'}, "
+        f"machine: {os.cpu_count()} cores, {cpu_model()}, "
         f"Python {platform.python_version()}, RQ {_version('rq')}, redis-py "
         f"{_version('redis')}, Redis {bench.redis.info('server')['redis_version']} "
         f"(no persistence, PING from CPU {bench.cpus[0]} {_round_trip_ms(bench):.3f} ms)\n"
