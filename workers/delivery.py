@@ -119,7 +119,8 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     finally:
         if probing:
             runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
-    return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery)
+    return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery,
+                   failing=probing)
 
 
 _clients: dict[tuple[float, bool], httpx.Client] = {}
@@ -163,25 +164,30 @@ def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: byte
 
 
 def _settle(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body: bytes,
-            attempt: Attempt, settings: DeliverySettings) -> dict[str, Any]:
+            attempt: Attempt, settings: DeliverySettings, failing: bool) -> dict[str, Any]:
     batch = metrics.Batch()
     batch.observe("delivery_seconds", attempt.duration_ms / 1000, merchant)
     try:
-        return _outcome(redis, merchant, hook, event_id, body, attempt, settings, batch)
+        return _outcome(redis, merchant, hook, event_id, body, attempt, settings, batch,
+                        failing)
     finally:
         batch.send(redis)
 
 
 def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body: bytes,
-             attempt: Attempt, settings: DeliverySettings, batch: metrics.Batch
-             ) -> dict[str, Any]:
+             attempt: Attempt, settings: DeliverySettings, batch: metrics.Batch,
+             failing: bool) -> dict[str, Any]:
+    """`failing`: the hook was failing or paused when this attempt began."""
     number = _record_attempt(redis, event_id, hook.id, attempt, settings)
     outcome = {"status": attempt.status, "error": attempt.error, "attempt": number,
                "duration_ms": attempt.duration_ms, "url_host": hook.url.host}
     if attempt.ok:
         batch.count("deliveries", merchant, hook.id, "delivered")
-        redis.delete(hook_key(merchant, hook.id))
-        redis.srem(metrics.PAUSED, f"{merchant}/{hook.id}")
+        if failing:  # a healthy hook has no failures to forget and is not in PAUSED
+            pipe = redis.pipeline()
+            pipe.delete(hook_key(merchant, hook.id))
+            pipe.srem(metrics.PAUSED, f"{merchant}/{hook.id}")
+            pipe.execute()
         _set_state(redis, event_id, hook.id, settings, state="delivered", attempts=number)
         log.info("event_delivered", **outcome)
         return {"state": "delivered", **outcome}
