@@ -215,3 +215,16 @@ def test_a_job_taken_by_a_worker_that_dies_at_once_is_found_again(server: RedisS
     job.refresh()
     assert (job.get_status(), job.retries_left) == (JobStatus.SCHEDULED, 1)
     assert client.llen("rq:queue:callbacks:intermediate") == 0
+
+
+def test_a_sweep_lock_left_by_a_killed_worker_lapses_within_a_minute(server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url)
+    rq_queue = Queue("callbacks", connection=client, serializer=JSONSerializer)
+    assert rq_queue.acquire_maintenance_lock()  # RQ's own: a worker dies holding it...
+    assert client.ttl(rq_queue.registry_cleaning_key) > 15 * 60 - 5  # ...no sweep for 15 min
+    client.delete(rq_queue.registry_cleaning_key)
+
+    queue = worker_main.build_worker(make_settings(server.url)).queues[0]
+    assert queue.acquire_maintenance_lock()
+    assert 0 < client.ttl(queue.registry_cleaning_key) <= worker_main.SWEEP_LOCK_SECONDS
+    assert not queue.acquire_maintenance_lock()  # still one sweeper at a time

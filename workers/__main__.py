@@ -59,6 +59,7 @@ from workers.runtime import Runtime
 MAINTENANCE_SECONDS = 10
 LEASE_SECONDS = 20  # how long a running job's registry entry lasts without renewal
 RENEW_SECONDS = 5
+SWEEP_LOCK_SECONDS = 60  # one worker sweeps a queue at a time; RQ holds the lock 15 minutes
 BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
 _PR_SET_PDEATHSIG = 1
@@ -107,9 +108,16 @@ return nil
 
 class SafeQueue(Queue):
     """RQ's Queue, except that a worker of several queues takes jobs through their
-    intermediate lists (RQ's own way for one queue) instead of with a bare BLPOP."""
+    intermediate lists (RQ's own way for one queue) instead of with a bare BLPOP, and that
+    the lock on sweeping the queue lapses after a minute, not RQ's fifteen: a worker killed
+    (or cut off from Redis) while it held the lock stopped every sweep, and so the rescue
+    of every abandoned job, for that long."""
 
     _take_first: Script | None = None
+
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True,
+                                        ex=SWEEP_LOCK_SECONDS))
 
     @classmethod
     def lpop(cls, queue_keys: Sequence[str], timeout: int | None,
