@@ -2,10 +2,11 @@
 
 Order of checks, each with its status: unknown merchant or provider 404; source address
 403; body size 413; a body that does not arrive within `read_timeout` 408; verification
-401; content 400; Redis 503; then 200 with what the provider expects. Nothing is stored
-before verification passes, and nothing is answered 200 before Redis confirms the job. No
-input reaches a 500: anything unexpected is logged and answered 503, so the provider
-retries.
+401; content 400 (only where nothing proved the sender: content that came with a valid
+signature, key or credential is stored however it reads); Redis 503; then 200 with what
+the provider expects. Nothing is stored before verification passes, and nothing is
+answered 200 before Redis confirms the job. No input reaches a 500: anything unexpected is
+logged and answered 503, so the provider retries.
 """
 
 from __future__ import annotations
@@ -105,9 +106,12 @@ async def _receive(request: web.Request, provider_name: str) -> web.Response:
     elapsed = time.perf_counter() - started
     metrics.count(provider_name, merchant, "accepted")
     metrics.observe_ack(provider_name, elapsed)
-    log.info("callback_received", provider=provider_name, merchant=merchant,
-             callback_id=callback_id, reference=accepted.reference, status=200,
-             duration_ms=round(elapsed * 1000, 3))
+    # a proven callback that we cannot read is stored, and recorded as unsupported
+    unreadable = {} if accepted.unreadable is None else {"unreadable": accepted.unreadable}
+    (log.warning if unreadable else log.info)(
+        "callback_received", provider=provider_name, merchant=merchant,
+        callback_id=callback_id, reference=accepted.reference, status=200,
+        duration_ms=round(elapsed * 1000, 3), **unreadable)
     return _text(200, provider.ack_body)
 
 

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--merchant", metavar="M", help="only this merchant's events")
     events.add_argument("--json", action="store_true", help="one JSON object a line")
     events.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    events.add_argument("--unsupported", action="store_true",
+                        help="instead: callbacks acknowledged that gave no event, with why")
     events.set_defaults(run=_events)
 
     replay = commands.add_parser("replay", parents=[config],
@@ -63,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="dead-lettered at or after TIME (ISO 8601, or an age: 2h, 3d)")
     replay.add_argument("--until", metavar="TIME", help="dead-lettered at or before TIME")
     replay.add_argument("--dry-run", action="store_true", help="list, do not send")
+    replay.add_argument("--unsupported", action="store_true",
+                        help="instead: process again the callbacks that gave no event "
+                             "(--merchant, --provider, --since, --until apply)")
+    replay.add_argument("--provider", metavar="P", help="with --unsupported: only this one's")
     replay.set_defaults(run=_replay)
 
     dev = commands.add_parser(
@@ -180,11 +186,15 @@ def _worker(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace) -> int:
     from redis import Redis
 
-    from workers.listing import event_lines
+    from workers.listing import event_lines, unsupported_lines
 
     settings = _settings(args)
     with Redis.from_url(settings.redis_url) as redis:
-        for line in event_lines(redis, settings, args.merchant, args.limit, args.json):
+        if args.unsupported:
+            lines = unsupported_lines(redis, args.merchant, args.limit, args.json)
+        else:
+            lines = event_lines(redis, settings, args.merchant, args.limit, args.json)
+        for line in lines:
             print(line)
     return 0
 
@@ -195,6 +205,8 @@ def _replay(args: argparse.Namespace) -> int:
     from workers.replay import dead_letters, replay, text_progress
 
     settings = _settings(args)
+    if args.unsupported:
+        return _replay_unsupported(args, settings)
     with Redis.from_url(settings.redis_url) as redis:
         letters = dead_letters(redis, event=args.event, hook=args.hook, merchant=args.merchant,
                                since=_moment(args.since), until=_moment(args.until))
@@ -207,6 +219,25 @@ def _replay(args: argparse.Namespace) -> int:
         progress = text_progress if len(letters) > 20 or sys.stderr.isatty() else None
         count = replay(redis, settings, letters, progress)
     print(f"replayed {count} of {len(letters)} dead-lettered deliveries")
+    return 0
+
+
+def _replay_unsupported(args: argparse.Namespace, settings: Settings) -> int:
+    from redis import Redis
+
+    from workers.unsupported import replay_unsupported, unsupported_callbacks
+
+    with Redis.from_url(settings.redis_url) as redis:
+        found = unsupported_callbacks(redis, merchant=args.merchant, provider=args.provider,
+                                      since=_moment(args.since), until=_moment(args.until))
+        for entry in found if args.dry_run else ():
+            print(f"{entry.merchant} {entry.provider} {entry.callback_id}: {entry.reason}")
+        if args.dry_run or not found:
+            print(f"{len(found)} unsupported callback{'' if len(found) == 1 else 's'}"
+                  f"{' to replay' if args.dry_run else ' match'}")
+            return 0
+        count = replay_unsupported(redis, found)
+    print(f"queued {count} of {len(found)} unsupported callbacks to be processed again")
     return 0
 
 

@@ -83,6 +83,18 @@ class IxopaySettings(_ProviderSection):
     base_url: AnyHttpUrl = AnyHttpUrl("https://gateway.ixopay.com")
     verify_with_status_api: bool = False
     max_date_skew: Duration | None = None
+    # How the shop's plugin builds merchantTransactionId from its order number: a regular
+    # expression whose group `order` is the order (e.g. the WooCommerce and OpenCart
+    # plugins' `<order>-<YmdHis><hex>`, with `capture-`, `void-`, `refund-` before it for
+    # follow-up transactions). Unset, or not matching: the whole id is the order id.
+    order_id_pattern: re.Pattern[str] | None = None
+
+    @field_validator("order_id_pattern")
+    @classmethod
+    def _has_order_group(cls, value: re.Pattern[str] | None) -> re.Pattern[str] | None:
+        if value is not None and "order" not in value.groupindex:
+            raise ValueError("needs a group named order: (?P<order>...)")
+        return value
 
     @field_validator("shared_secret")
     @classmethod
@@ -96,6 +108,15 @@ def _key_list(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
+# What an ifthenpay callback parameter can mean (shared/providers/ifthenpay.py).
+IfthenpayField = Literal["key", "order_id", "amount", "request_id", "entity", "reference",
+                         "payment_datetime", "payment_method", "status", "fee"]
+# The plugins whose callback URL templates payhooks knows (the README has the table).
+IfthenpayPlugin = Literal["webdados", "magento2", "whmcs", "prestashop", "prestashop16",
+                          "opencart3", "opencart4", "virtuemart", "odoo", "moodle", "surecart",
+                          "memberpress"]
+
+
 class IfthenpaySettings(_ProviderSection):
     # One key per ifthenpay account (entity, MB WAY key, ...); a list when a shop has several.
     anti_phishing_key: Annotated[
@@ -103,6 +124,26 @@ class IfthenpaySettings(_ProviderSection):
     ]
     backoffice_key: SecretStr | None = None
     base_url: AnyHttpUrl = AnyHttpUrl("https://api.ifthenpay.com")
+    # Whose callback URL template the merchant registered: the parameter names mean what
+    # that plugin means by them. `parameters` names them one by one instead (query
+    # parameter -> meaning). Neither: the names of the docs and of every plugin, where
+    # they do not conflict.
+    plugin: IfthenpayPlugin | None = None
+    parameters: dict[str, IfthenpayField] | None = None
+
+    @model_validator(mode="after")
+    def _parameters_complete(self) -> IfthenpaySettings:
+        if self.parameters is None:
+            return self
+        if self.plugin is not None:
+            raise ValueError("give plugin or parameters, not both")
+        meanings = set(self.parameters.values())
+        missing = {"key", "amount"} - meanings
+        if missing:
+            raise ValueError(f"parameters: no parameter means {' or '.join(sorted(missing))}")
+        if not meanings & {"order_id", "request_id", "reference"}:
+            raise ValueError("parameters: no parameter means order_id, request_id or reference")
+        return self
 
     @field_validator("anti_phishing_key")
     @classmethod

@@ -1,8 +1,10 @@
-"""`payhooks events`: the recorded events, newest first, with each hook's delivery state."""
+"""`payhooks events`: the recorded events, newest first, with each hook's delivery state;
+with `--unsupported`, the callbacks acknowledged that gave no event, with the reason."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -11,6 +13,7 @@ from redis import Redis
 from shared.models import PaymentEvent
 from shared.settings import Settings
 from workers.events import ALL_EVENTS, delivery_key, event_key, merchant_events_key, wants
+from workers.unsupported import unsupported_callbacks
 
 
 def recent_events(redis: Redis, merchant: str | None = None, limit: int = 50
@@ -68,4 +71,18 @@ def event_lines(redis: Redis, settings: Settings, merchant: str | None, limit: i
             f"{event.timestamp:%Y-%m-%d %H:%M:%S}  {event.id}  {data.merchant:<12} "
             f"{data.provider:<9} {event.type.value:<28} #{data.sequence:<3} {amount:>14}  "
             f"order {data.order_id or '-'}  [{states}]")
+    return lines
+
+
+def unsupported_lines(redis: Redis, merchant: str | None, limit: int,
+                      as_json: bool) -> list[str]:
+    """The kept unsupported callbacks (workers/unsupported.py), newest first."""
+    lines = []
+    for entry in unsupported_callbacks(redis, merchant=merchant, limit=limit):
+        if as_json:
+            lines.append(orjson.dumps(entry.as_json()).decode())
+            continue
+        when = datetime.fromtimestamp(entry.recorded_at, UTC)
+        lines.append(f"{when:%Y-%m-%d %H:%M:%S}  {entry.callback_id}  {entry.merchant:<12} "
+                     f"{entry.provider:<9} ref {entry.reference}  unsupported: {entry.reason}")
     return lines

@@ -6,9 +6,13 @@ idempotent: RQ runs jobs at least once, and a second run finds every fact record
 
 Outcomes, each ending in one `callback_processed` log line:
 - recorded: the facts were recorded (some or all may have been recorded before);
-- unsupported: a genuine callback that maps to no event; logged, nothing delivered;
-- retry: the provider could not answer now; the job fails and RQ retries it on the
-  callback job's schedule (shared/queue.py), as long as a worker runs the scheduler;
+- unsupported: a genuine callback that gives no event: a type or status that maps to none,
+  content the provider proved it sent but payhooks cannot read, an answer that reports no
+  fact; logged as a warning with the reason, counted, kept with its reason for 30 days
+  (workers/unsupported.py: `payhooks events --unsupported`, `payhooks replay --unsupported`);
+- retry: the provider could not answer now, or its answer does not list yet the
+  transaction the callback names; the job fails and RQ retries it on the callback job's
+  schedule (shared/queue.py), as long as a worker runs the scheduler;
 - rejected: a permanent answer (unknown transaction, bad credentials, the merchant or
   provider is no longer configured), or a stored callback the provider module refuses on
   its second look (a PayEx path not of the documented form); the job ends in the failed
@@ -33,6 +37,7 @@ from shared.errors import (
 )
 from shared.models import Callback
 from workers import runtime as runtimes
+from workers import unsupported
 from workers.events import record
 
 log = structlog.get_logger("payhooks.worker")
@@ -48,13 +53,13 @@ def process_callback(callback_data: dict[str, Any]) -> dict[str, Any]:
     runtime = runtimes.current()
     batch = metrics.Batch()
     try:
-        return _process(runtime, callback, started, batch)
+        return _process(runtime, callback, callback_data, started, batch)
     finally:
         batch.send(runtime.redis)
 
 
-def _process(runtime: runtimes.Runtime, callback: Callback, started: float,
-             batch: metrics.Batch) -> dict[str, Any]:
+def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any],
+             started: float, batch: metrics.Batch) -> dict[str, Any]:
     try:
         merchant = runtime.settings.merchants.get(callback.merchant)
         provider = runtime.providers.get(callback.merchant, {}).get(callback.provider)
@@ -66,10 +71,13 @@ def _process(runtime: runtimes.Runtime, callback: Callback, started: float,
         asked = time.perf_counter()
         facts = provider.follow_up(callback, context)
         batch.observe("followup_seconds", time.perf_counter() - asked, callback.provider)
+        if not facts:
+            raise UnsupportedEvent(f"{callback.provider}: the answer reports no fact we deliver")
         events = record(runtime.redis, callback, facts, merchant.hooks,
                         runtime.settings.delivery.retry_schedule)
     except UnsupportedEvent as exc:
-        _done(batch, callback, "unsupported", started, reason=str(exc))
+        unsupported.remember(runtime.redis, callback, data, str(exc))
+        _done(batch, callback, "unsupported", started, reason=str(exc), level="warning")
         return {"events": [], "unsupported": str(exc)}
     except ProviderUnavailable as exc:
         batch.count("followup_errors", callback.provider, "unavailable")

@@ -5,15 +5,21 @@ exactly as received, and decides without any I/O whether it is a callback from t
 provider for that merchant. It returns `Accepted`: what to store on the queue (secrets
 removed) and the provider's reference for the log line. It raises `Unauthorized` (401) when
 a signature, key or credential does not check out and `Malformed` (400) when the request is
-not what the provider sends. Verification runs on the raw bytes before anything is parsed,
-and compares secrets with `hmac.compare_digest`.
+not what the provider sends and nothing proves that it came from the provider. Once a
+signature, key or credential has checked out, content it cannot read is accepted all the
+same (`proven`): the worker records it as unsupported, with the reason, to be replayed once
+payhooks reads it. Verification runs on the raw bytes before anything is parsed, and
+compares secrets with `hmac.compare_digest`.
 
 In the worker: `follow_up` gets the stored `Callback` and asks the authoritative source
 (the provider's API, or the verified callback where the provider makes it authoritative)
 what happened, as a list of `Fact`s: every fact the source reports now, old ones included,
 so that a missed or reordered callback loses nothing (recording drops the facts already
-recorded). It raises `ProviderUnavailable` for answers worth retrying, `ProviderRejected`
-for permanent ones and `UnsupportedEvent` for callbacks that map to no event.
+recorded). It raises `ProviderUnavailable` for answers worth retrying (including an answer
+that does not list yet the transaction the callback names: providers are eventually
+consistent),
+`ProviderRejected` for permanent ones and `UnsupportedEvent` for callbacks that map to no
+event, or that a proven sender sent in a form payhooks cannot read.
 """
 
 from __future__ import annotations
@@ -46,6 +52,22 @@ class Accepted:
     reference: str
     uri: str
     headers: dict[str, str]
+    # Set when the provider proved it sent the callback but payhooks cannot read it: it is
+    # stored and acknowledged all the same, and the worker records it as unsupported.
+    unreadable: str | None = None
+
+
+UNREADABLE = "unreadable"  # the reference of a proven callback whose content we cannot read
+
+
+def proven(read: Callable[[], str], uri: str, headers: dict[str, str]) -> Accepted:
+    """Accepted for a callback whose signature, key or credentials checked out: `read`
+    gives its reference, and content it cannot read (Malformed) is no reason to refuse it.
+    A 4xx would have the provider retry for days and then give up on the payment."""
+    try:
+        return Accepted(read(), uri, headers)
+    except Malformed as exc:
+        return Accepted(UNREADABLE, uri, headers, unreadable=exc.reason)
 
 
 class RateLimiter(Protocol):

@@ -25,25 +25,33 @@ and rest on the key. Amounts are euros; times are Lisbon time.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote_plus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from shared.errors import Malformed, ProviderRejected, ProviderUnavailable, Unauthorized
+from shared.errors import (
+    Malformed,
+    ProviderRejected,
+    ProviderUnavailable,
+    Unauthorized,
+    UnsupportedEvent,
+)
 from shared.models import Callback, EventType, Fact
 from shared.money import to_minor
-from shared.providers.base import Accepted, FollowUp, Incoming, join_url, same_secret
-from shared.settings import IfthenpaySettings
+from shared.providers.base import Accepted, FollowUp, Incoming, join_url, proven, same_secret
+from shared.settings import IfthenpayField, IfthenpayPlugin, IfthenpaySettings
 
 REDACTED = "redacted"
 
-# canonical field -> the query-parameter names it goes by in the docs and the plugins
-_ALIASES: dict[str, tuple[str, ...]] = {
+# canonical field -> the query-parameter names it goes by in the docs and the plugins, where
+# they do not conflict: the default for a merchant that names neither plugin nor parameters
+_ALIASES: dict[IfthenpayField, tuple[str, ...]] = {
     "key": ("key", "apk", "chave", "phish_key", "anti_phishing_key"),
     "order_id": ("orderId", "oid", "id", "order_id"),
-    "amount": ("amount", "val", "valor"),
+    "amount": ("amount", "val", "valor", "amt"),
     "request_id": ("requestId", "tid", "request_id", "idpedido", "id_pedido", "id_transacao",
                    "transaction_id"),
     "entity": ("entity", "ent", "entidade"),
@@ -53,7 +61,55 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "status": ("status", "estado"),
     "fee": ("fee", "ifthenpayfee"),
 }
-_FIELD_OF = {alias: field for field, aliases in _ALIASES.items() for alias in aliases}
+Names = dict[str, IfthenpayField]  # query parameter -> what it means
+DEFAULT_NAMES: Names = {alias: field
+                        for field, aliases in _ALIASES.items() for alias in aliases}
+
+# Each official plugin's callback URL templates, as query parameter -> meaning (the README
+# has the templates and the files they were read from). Where one plugin gives a name two
+# meanings (webdados' `referencia`: the Multibanco reference, or the order in its MB WAY
+# template), it has one template per method, told apart by a parameter only that one has:
+# (that parameter, names); the last template, with None, takes every other callback.
+# Parameters a template does not name are plugin bookkeeping (ec, mv, p, route, scp, ...).
+_WEBDADOS_NEW: Names = {
+    "key": "key", "id": "order_id", "orderId": "order_id", "amount": "amount",
+    "payment_datetime": "payment_datetime", "status": "status",
+    "payment_method": "payment_method", "request_id": "request_id",
+    "requestId": "request_id", "ifthenpayfee": "fee"}
+_LEGACY: Names = {"chave": "key", "valor": "amount", "datahorapag": "payment_datetime",
+                  "estado": "status", "ifthenpayfee": "fee"}
+_MODULES: Names = {"apk": "key", "oid": "order_id", "ent": "entity", "ref": "reference",
+                   "tid": "request_id", "val": "amount", "fee": "fee", "pm": "payment_method"}
+_BY_REFERENCE: Names = {"apk": "key", "amount": "amount", "reference": "order_id"}
+_GATEWAY_LINK: Names = {"apk": "key", "ref": "order_id", "val": "amount",
+                        "mtd": "payment_method", "req": "request_id"}
+PLUGINS: dict[IfthenpayPlugin, tuple[tuple[str | None, Names], ...]] = {
+    "webdados": (
+        ("entidade", {**_LEGACY, "entidade": "entity", "referencia": "reference",
+                      "terminal": "payment_method"}),
+        ("id_cliente", {**_LEGACY, "id_cliente": "order_id", "id_transacao": "request_id",
+                        "referencia": "reference"}),
+        ("idpedido", {**_LEGACY, "referencia": "order_id", "idpedido": "request_id"}),
+        (None, _WEBDADOS_NEW)),
+    "magento2": ((None, {k: v for k, v in _MODULES.items() if k not in ("pm", "fee")}),),
+    "whmcs": ((None, _MODULES),),
+    "prestashop": ((None, _MODULES),),
+    "prestashop16": (
+        ("entidade", {**_LEGACY, "entidade": "entity", "referencia": "reference"}),
+        (None, {**_LEGACY, "referencia": "order_id", "idpedido": "request_id"})),
+    "opencart3": ((None, _MODULES),),
+    "opencart4": ((None, {"phish_key": "key", "order_id": "order_id", "amount": "amount",
+                          "reference": "reference", "transaction_id": "request_id",
+                          "pmt": "payment_method"}),),
+    "virtuemart": ((None, {"apk": "key", "oid": "order_id", "amt": "amount",
+                           "pmt": "payment_method"}),),
+    "odoo": ((None, _BY_REFERENCE),),
+    "moodle": ((None, _BY_REFERENCE),),
+    "surecart": ((None, {**_GATEWAY_LINK, "order_id": "order_id", "amount": "amount",
+                         "request_id": "request_id", "entity": "entity",
+                         "reference": "reference", "paid_at": "payment_datetime"}),),
+    "memberpress": ((None, _GATEWAY_LINK),),
+}
 
 _AMOUNT = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,2})?")
 _FORMATS: dict[str, re.Pattern[str]] = {
@@ -83,29 +139,52 @@ class Ifthenpay:
     def __init__(self, settings: IfthenpaySettings) -> None:
         self._keys = [key.get_secret_value().encode() for key in settings.anti_phishing_key]
         self._settings = settings
+        self._templates: tuple[tuple[str | None, Names], ...] = (
+            PLUGINS[settings.plugin] if settings.plugin else
+            ((None, settings.parameters or DEFAULT_NAMES),))
+        self._key_names = frozenset(name for _, names in self._templates
+                                    for name, field in names.items() if field == "key")
         self.allowed_ips = settings.allowed_ips
 
+    def _names(self, query: str) -> Names:
+        """The template this callback was made from: the first whose marking parameter it
+        carries, else the last."""
+        for marker, names in self._templates[:-1]:
+            if marker is not None and re.search(rf"(?:^|&){re.escape(marker)}=", query):
+                return names
+        return self._templates[-1][1]
+
     def verify(self, request: Incoming) -> Accepted:
-        fields = parse_fields(request.query)
-        key = fields.pop("key", None)
-        if key is None:
-            raise Unauthorized("no anti-phishing key")
+        key = key_of(request.query, self._key_names)
         matched = False
         for expected in self._keys:  # no early exit
             matched |= same_secret(key, expected)
         if not matched:
             raise Unauthorized("wrong anti-phishing key")
+        return proven(lambda: self._reference(request.query),
+                      redact_key(request.uri, self._key_names), {})
+
+    def _reference(self, query: str) -> str:
+        fields = self._fields(query)
+        return (fields.get("request_id") or fields.get("reference")  # type: ignore[return-value]
+                or fields.get("order_id"))
+
+    def _fields(self, query: str) -> dict[str, str]:
+        """The callback's fields by meaning, checked; Malformed if unreadable."""
+        fields = parse_fields(query, self._names(query))
+        fields.pop("key", None)
         _check_formats(fields)
-        reference = fields.get("request_id") or fields.get("reference") or fields.get("order_id")
-        if reference is None:
+        if not fields.keys() & {"request_id", "reference", "order_id"}:
             raise Malformed("no order id, request id or reference")
         if "amount" not in fields:
             raise Malformed("no amount")
-        return Accepted(reference, redact_key(request.uri), {})
-
+        return fields
 
     def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
-        fields = parse_fields(callback.uri.partition("?")[2])
+        try:  # the key proved the sender: a query we cannot read is unsupported
+            fields = self._fields(callback.uri.partition("?")[2])
+        except Malformed as exc:
+            raise UnsupportedEvent(f"ifthenpay: {exc.reason}") from None
         status = (fields.get("status") or "PAGO").upper()
         kind = EventType.REFUNDED if status == "DEVOLVIDO" else EventType.CAPTURED
         if kind is EventType.CAPTURED and self._settings.backoffice_key is not None:
@@ -151,21 +230,35 @@ class Ifthenpay:
         raise ProviderUnavailable("ifthenpay payments API does not list the payment yet")
 
 
-def parse_fields(query: str) -> dict[str, str]:
-    """The known fields of an ifthenpay query, by canonical name; Malformed if ambiguous."""
+def parse_fields(query: str, names: Mapping[str, str] = DEFAULT_NAMES) -> dict[str, str]:
+    """The known fields of an ifthenpay query, by meaning (`names`: parameter -> meaning);
+    Malformed if ambiguous. An empty value counts as absent (a placeholder ifthenpay does
+    not fill for this method), and two parameters of one meaning must agree."""
     try:
         pairs = parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=64)
     except (ValueError, UnicodeDecodeError):
         raise Malformed("query string cannot be decoded") from None
     fields: dict[str, str] = {}
     for name, value in pairs:
-        field = _FIELD_OF.get(name)
-        if field is None:
+        field = names.get(name)
+        if field is None or (value == "" and field != "key"):
             continue  # plugin bookkeeping such as ec, mv, wc-api, terminal, type
-        if field in fields:
-            raise Malformed(f"{field} is given more than once")
-        fields[field] = value.replace(" ", "+") if field == "request_id" else value
+        if field == "request_id":
+            value = value.replace(" ", "+")
+        if fields.get(field, value) != value:
+            raise Malformed(f"{field} is given more than once, with different values")
+        fields[field] = value
     return fields
+
+
+def key_of(query: str, key_names: Collection[str]) -> str:
+    """The anti-phishing key of an ifthenpay query, read apart from the other parameters
+    (which may be unreadable); Unauthorized unless there is exactly one key value."""
+    pairs = parse_qsl(query, keep_blank_values=True, errors="replace", max_num_fields=None)
+    keys = {value for name, value in pairs if name in key_names}
+    if len(keys) != 1:
+        raise Unauthorized("no anti-phishing key" if not keys else "two anti-phishing keys")
+    return keys.pop()
 
 
 def _check_formats(fields: dict[str, str]) -> None:
@@ -187,15 +280,16 @@ def parse_datetime(value: str) -> datetime:
     raise Malformed("payment_datetime is not dd-MM-yyyy HH:mm:ss")
 
 
-def redact_key(uri: str) -> str:
-    """The request target with the value of every anti-phishing-key parameter replaced."""
+def redact_key(uri: str, key_names: Collection[str] = _ALIASES["key"]) -> str:
+    """The request target with the value of every anti-phishing-key parameter replaced
+    (`key_names`: the names the merchant's templates give the key)."""
     path, _, query = uri.partition("?")
     if not query:
         return uri
     parts = []
     for part in query.split("&"):
         name, sep, _ = part.partition("=")
-        if _FIELD_OF.get(unquote_plus(name, errors="replace")) == "key":
+        if unquote_plus(name, errors="replace") in key_names:
             part = f"{name}{sep or '='}{quote(REDACTED)}"
         parts.append(part)
     return f"{path}?{'&'.join(parts)}"

@@ -16,6 +16,12 @@ in `X-Signature`. Quirks, all from the SDK:
 - `Date` is used verbatim; the docs give `X-Date` precedence, the SDK takes `Date` first,
   so either is tried. The age of the date is not checked unless the merchant sets
   `max_date_skew`: IXOPAY retries a callback for more than seven days.
+- Legacy XML callbacks are read by element name, whatever their namespace: IXOPAY's is
+  `http://gateway.ixopay.com/Schema/V2/Callback`, each white-label platform has its own.
+- A result of ERROR, of any transaction type, is `payment.failed`: a failed CAPTURE, REFUND
+  or VOID leaves the payment as it was, and `provider_status` says which step failed.
+- A signed callback payhooks cannot read (fields missing, a body that is not JSON) is
+  stored and acknowledged all the same, and recorded as unsupported with the reason.
 - Legacy XML callbacks sign six lines (an empty "custom headers" line before the URI) over
   `text/xml; charset=utf-8` and send `Authorization: Gateway <apiKey>:<signature>`; the
   older `IxoPay <apiKey>:` prefix is accepted with the MD5 body hash only.
@@ -37,6 +43,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, ClassVar, Literal
+from xml.etree.ElementTree import Element
 
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
@@ -57,12 +64,12 @@ from shared.providers.base import (
     join_url,
     keep_headers,
     load_json_object,
+    proven,
 )
 from shared.settings import IxopaySettings
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 XML_CONTENT_TYPE = "text/xml; charset=utf-8"
-_XML_NAMESPACE = "{http://gateway.ixopay.com/Schema/V2/Callback}"
 _KEPT_HEADERS = ("content-type", "date", "x-date", "x-signature", "authorization",
                  "x-authorization")
 
@@ -76,9 +83,11 @@ _TYPES: dict[tuple[str, str], EventType] = {
     ("CHARGEBACK-REVERSAL", "OK"): EventType.CHARGEBACK_REVERSED,
     ("DEBIT", "PENDING"): EventType.PENDING,
     ("PREAUTHORIZE", "PENDING"): EventType.PENDING,
-    ("DEBIT", "ERROR"): EventType.FAILED,
-    ("PREAUTHORIZE", "ERROR"): EventType.FAILED,
 }
+# A transaction that ended in ERROR, of any type, is a failed step: a failed DEBIT or
+# PREAUTHORIZE is a failed payment; a failed CAPTURE, REFUND or VOID leaves the payment as it
+# was (authorized, captured), and `provider_status.transactionType` says which step failed.
+_FAILED_RESULT = "ERROR"
 # the status API's transactionStatus, as the callback's result
 _STATUS_RESULTS = {"SUCCESS": "OK", "PENDING": "PENDING", "REDIRECT": "PENDING",
                    "ERROR": "ERROR", "CANCELLED": "ERROR"}
@@ -142,24 +151,33 @@ class Ixopay:
         dates = _dates(headers)
         if "x-signature" in headers:
             self._check_json_signature(request, headers["x-signature"], dates)
-            reference = _json_reference(request.body)
+            read = _json_reference
         elif authorization := headers.get("authorization") or headers.get("x-authorization"):
             self._check_xml_signature(request, authorization, dates)
-            reference = _xml_reference(request.body)
+            read = _xml_reference
         else:
             raise Unauthorized("no X-Signature or Authorization header")
         self._check_date_skew(dates)
-        return Accepted(reference, request.uri, keep_headers(headers, _KEPT_HEADERS))
+        return proven(lambda: read(request.body), request.uri,
+                      keep_headers(headers, _KEPT_HEADERS))
 
     def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
-        data = _callback_fields(callback.body)
+        try:  # signed, so a body we cannot read is unsupported, never refused
+            data = _callback_fields(callback.body)
+        except Malformed as exc:
+            raise UnsupportedEvent(f"ixopay: {exc.reason}") from None
         result = str(data.get("result", ""))
         if self._settings.verify_with_status_api:
             result = self._status_api_result(str(data.get("uuid", "")), context)
-        kind = _TYPES.get((str(data.get("transactionType", "")).upper(), result))
+        transaction_type = str(data.get("transactionType", "")).upper()
+        kind = EventType.FAILED if result == _FAILED_RESULT else _TYPES.get(
+            (transaction_type, result))
         if kind is None:
             raise UnsupportedEvent(f"ixopay {data.get('transactionType')!r} {result!r}")
-        return [_fact(data, kind, result)]
+        try:
+            return [_fact(data, kind, result, self._settings.order_id_pattern)]
+        except ValueError as exc:  # an amount that is not one
+            raise UnsupportedEvent(f"ixopay: {exc}") from None
 
     def _status_api_result(self, uuid: str, context: FollowUp) -> str:
         settings = self._settings
@@ -255,34 +273,58 @@ def _json_reference(body: bytes) -> str:
 
 
 def _xml_reference(body: bytes) -> str:
-    try:
-        root = ElementTree.fromstring(body)
-    except (ElementTree.ParseError, DefusedXmlException, ValueError, LookupError):
-        # LookupError: an encoding the XML declaration names that Python does not know
-        raise Malformed("body is not well-formed XML") from None
-    if root.tag != f"{_XML_NAMESPACE}callback":
+    root = _xml_root(body)
+    if _local_name(root.tag) != "callback":
         raise Malformed("the XML root is not an IXOPAY callback")
-    fields = {child.tag.removeprefix(_XML_NAMESPACE): (child.text or "").strip() for child in root}
+    fields = _xml_fields(root)
     for field in ("result", "transactionType"):
         if not fields.get(field):
             raise Malformed(f"{field} is missing")
     return _first_id(fields, ("referenceId", "transactionId"))
 
 
+def _xml_root(body: bytes) -> Element:
+    try:
+        root: Element = ElementTree.fromstring(body)
+    except (ElementTree.ParseError, DefusedXmlException, ValueError, LookupError):
+        # LookupError: an encoding the XML declaration names that Python does not know
+        raise Malformed("body is not well-formed XML") from None
+    return root
+
+
+def _local_name(tag: str) -> str:
+    """An element's name without its namespace: IXOPAY's is
+    `http://gateway.ixopay.com/Schema/V2/Callback`, each white label has its own, and the
+    SDK reads elements by name alone."""
+    return tag.rpartition("}")[2]
+
+
+def _xml_fields(root: Element) -> dict[str, str]:
+    """The callback's top-level elements by local name (the first of a repeated one)."""
+    fields: dict[str, str] = {}
+    for child in root:
+        fields.setdefault(_local_name(child.tag), (child.text or "").strip())
+    return fields
+
+
 def _callback_fields(body: bytes) -> dict[str, Any]:
     """The callback's fields, from JSON or from the legacy XML (renamed as in JSON)."""
     if body.lstrip().startswith(b"<"):
-        root = ElementTree.fromstring(body)
-        fields: dict[str, Any] = {
-            child.tag.removeprefix(_XML_NAMESPACE): (child.text or "").strip() for child in root
-        }
+        fields: dict[str, Any] = _xml_fields(_xml_root(body))
         fields["uuid"] = fields.pop("referenceId", "")
         fields["merchantTransactionId"] = fields.pop("transactionId", "")
         return fields
     return load_json_object(body)
 
 
-def _fact(data: dict[str, Any], kind: EventType, result: str) -> Fact:
+def _order_id(merchant_transaction_id: str, pattern: re.Pattern[str] | None) -> str | None:
+    """The shop's order in a merchantTransactionId, by the merchant's `order_id_pattern`."""
+    match = pattern.fullmatch(merchant_transaction_id) if pattern else None
+    return (match.group("order") if match else merchant_transaction_id) or None
+
+
+def _fact(data: dict[str, Any], kind: EventType, result: str,
+          order_pattern: re.Pattern[str] | None = None) -> Fact:
     transaction_type = str(data.get("transactionType", "")).upper()
     uuid = str(data.get("uuid", ""))
     chargeback = data.get("chargebackData") or data.get("chargebackReversalData") or {}
@@ -297,8 +339,8 @@ def _fact(data: dict[str, Any], kind: EventType, result: str) -> Fact:
         key=f"{uuid}:{transaction_type}:{result}",
         payment_id=str(original),
         transaction_id=uuid,
-        order_id=str(chargeback.get("originalMerchantTransactionId")
-                      or data.get("merchantTransactionId") or "") or None,
+        order_id=_order_id(str(chargeback.get("originalMerchantTransactionId")
+                               or data.get("merchantTransactionId") or ""), order_pattern),
         amount_minor=to_minor(amount, currency) if amount not in (None, "") else None,
         currency=currency,
         payment_method=str(method).lower() if method else None,

@@ -49,6 +49,7 @@ from shared.providers.base import (
     join_url,
     keep_headers,
     load_json_object,
+    proven,
     same_secret,
 )
 from shared.settings import NetaxeptSettings
@@ -77,17 +78,21 @@ class Netaxept:
         self.allowed_ips = settings.allowed_ips
 
     def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
+        try:  # stored unreadable only when the credentials proved the sender
+            transaction_id = transaction_id_of(callback.body)
+        except Malformed as exc:
+            raise UnsupportedEvent(f"netaxept: {exc.reason}") from None
         settings = self._settings
         response = context.send(
             "GET", join_url(settings.base_url, "/Netaxept/Query.aspx"),
             "netaxept Query",
             params={"merchantId": settings.merchant_id,
                     "token": settings.token.get_secret_value(),
-                    "transactionId": callback.reference},
+                    "transactionId": transaction_id},
         )
         if response.status_code != 200:
             raise ProviderUnavailable(f"netaxept Query: HTTP {response.status_code}")
-        return payment_facts(_parse(response.content), callback.reference)
+        return payment_facts(_parse(response.content), transaction_id)
 
     def check_credentials(self, authorization: str | None) -> None:
         """Unauthorized unless the Basic credentials match (when the merchant set them)."""
@@ -104,13 +109,20 @@ class Netaxept:
 
     def verify(self, request: Incoming) -> Accepted:
         self.check_credentials(request.headers.get("authorization"))
-        data = load_json_object(request.body)
-        transaction_id = data.get("TransactionId")
-        if not isinstance(transaction_id, str):
-            raise Malformed("TransactionId is missing or not a string")
-        if not TRANSACTION_ID.fullmatch(transaction_id):
-            raise Malformed("TransactionId is not a well-formed id")
-        return Accepted(transaction_id, request.uri, keep_headers(request.headers, _KEPT_HEADERS))
+        headers = keep_headers(request.headers, _KEPT_HEADERS)
+        if self._credentials is not None:  # the credentials prove the sender
+            return proven(lambda: transaction_id_of(request.body), request.uri, headers)
+        return Accepted(transaction_id_of(request.body), request.uri, headers)
+
+
+def transaction_id_of(body: bytes) -> str:
+    """The `TransactionId` of a callback body, or Malformed."""
+    transaction_id = load_json_object(body).get("TransactionId")
+    if not isinstance(transaction_id, str):
+        raise Malformed("TransactionId is missing or not a string")
+    if not TRANSACTION_ID.fullmatch(transaction_id):
+        raise Malformed("TransactionId is not a well-formed id")
+    return transaction_id
 
 
 def _parse(content: bytes) -> Element:

@@ -81,9 +81,10 @@ class Payex:
         data = load_json_object(callback.body)
         check_shape(data)
         reference = data.get("orderReference")
+        named = data.get("transaction") or {}
         if "paymentOrder" in data:
-            return self._order_facts(data["paymentOrder"]["id"], reference, context)
-        return self._payment_facts(data["payment"]["id"], reference, context)
+            return self._order_facts(data, reference, context)
+        return self._payment_facts(data["payment"]["id"], reference, context, named)
 
     def _get(self, path: str, context: FollowUp, **params: str) -> dict[str, Any]:
         if not (PAYMENT_ORDER_PATH.fullmatch(path.removesuffix("/financialtransactions"))
@@ -105,12 +106,25 @@ class Payex:
             raise ProviderUnavailable("payex: answer is not JSON") from None
         return answer
 
-    def _payment_facts(self, path: str, reference: object, context: FollowUp) -> list[Fact]:
-        payment = self._get(path, context, **{"$expand": "transactions"}).get("payment") or {}
-        listed = (payment.get("transactions") or {}).get("transactionList") or []
+    def _payment_facts(self, path: str, reference: object, context: FollowUp,
+                       named: dict[str, Any], order: dict[str, Any] | None = None
+                       ) -> list[Fact]:
+        """The facts of an instrument payment's transactions; `named` is the transaction
+        the callback names (retried until the answer lists it), `order` the payment order
+        it belongs to (Checkout v2), if any."""
+        payment = self._get(path, context, **{"$expand": "transactions,payeeinfo"}).get(
+            "payment") or {}
+        transactions = payment.get("transactions")
+        if not isinstance(transactions, dict) or not isinstance(
+                transactions.get("transactionList"), list):
+            raise ProviderUnavailable(f"payex: the transactions of {path} are not expanded")
+        listed: list[dict[str, Any]] = [
+            item for item in transactions["transactionList"] if isinstance(item, dict)]
+        _check_listed(named, listed)
+        order = order or {}
         base = Fact(type=EventType.PENDING, key="", payment_id=path, transaction_id="",
-                    order_id=str(reference) if reference else None,
-                    currency=payment.get("currency"),
+                    order_id=_order_id(reference, order, payment),
+                    currency=payment.get("currency") or order.get("currency"),
                     payment_method=path.split("/")[2])
         facts = []
         for item in listed:
@@ -125,12 +139,20 @@ class Payex:
                                                          "failedReason") if k in item}))
         return facts
 
-    def _order_facts(self, path: str, reference: object, context: FollowUp) -> list[Fact]:
-        order = self._get(path, context, **{"$expand": "paid"}).get("paymentOrder") or {}
+    def _order_facts(self, data: dict[str, Any], reference: object, context: FollowUp
+                     ) -> list[Fact]:
+        path = data["paymentOrder"]["id"]
+        order = self._get(path, context, **{"$expand": "paid,payeeinfo"}).get(
+            "paymentOrder") or {}
+        if "paid" not in order and "payment" in data:
+            # Checkout v2: the order has no paid resource and no financial transactions;
+            # what happened is in the transactions of the payment the callback names
+            return self._payment_facts(data["payment"]["id"], reference, context,
+                                       data.get("transaction") or {}, order)
         paid: dict[str, Any] = order["paid"] if isinstance(order.get("paid"), dict) else {}
         status = str(order.get("status"))
         base = Fact(type=EventType.PENDING, key="", payment_id=path, transaction_id=path,
-                    order_id=str(order.get("orderReference") or reference or "") or None,
+                    order_id=_order_id(reference, order, paid),
                     currency=order.get("currency"),
                     payment_method=str(paid.get("instrument") or "").lower() or None,
                     provider_status={"status": status})
@@ -201,6 +223,32 @@ def _resource(data: dict[str, Any], name: str, path: re.Pattern[str]) -> str | N
     if number is not None and not _is_number(number):
         raise Malformed(f"{name}.number is not a number")
     return resource_id
+
+
+def _check_listed(named: dict[str, Any], listed: list[dict[str, Any]]) -> None:
+    """ProviderUnavailable unless the callback's transaction is in the list: Swedbank Pay
+    calls back as the transaction is made, and its list may not show it yet."""
+    if not named:
+        return
+    guid = str(named.get("id", "")).rsplit("/", 1)[-1]  # a typed path: captures/<guid>
+    number = named.get("number")
+    for item in listed:
+        if str(item.get("id", "")).rsplit("/", 1)[-1] == guid or (
+                number is not None and str(item.get("number")) == str(number)):
+            return
+    raise ProviderUnavailable("payex: the answer does not list the callback's transaction yet")
+
+
+def _order_id(reference: object, *resources: dict[str, Any]) -> str | None:
+    """The merchant's order, as the plugins find it: the callback's `orderReference`, else
+    a resource's own, else its `payeeInfo` (expanded): the order reference, then the
+    merchant's reference for the payment (`payeeReference`; the transactions' own
+    payeeReferences are new for every capture or reversal, so none of them is used)."""
+    infos = [r["payeeInfo"] for r in resources if isinstance(r.get("payeeInfo"), dict)]
+    candidates = [reference, *(r.get("orderReference") for r in resources),
+                  *(info.get("orderReference") for info in infos),
+                  *(info.get("payeeReference") for info in infos)]
+    return next((str(value) for value in candidates if value), None)
 
 
 def _amount(item: dict[str, Any]) -> int | None:

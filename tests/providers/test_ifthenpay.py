@@ -105,14 +105,23 @@ def test_rejects_a_missing_or_wrong_key(query: str) -> None:
         "orderId=<script>&amount=1.00", "orderId=1&amount=1.00&requestId=%FF%FE",
     ],
 )
-def test_rejects_malformed_fields_once_the_key_is_right(query: str) -> None:
-    with pytest.raises(Malformed):
-        provider().verify(request(f"key={KEY}&{query}"))
+def test_stores_malformed_fields_once_the_key_is_right(query: str) -> None:
+    """The key proves ifthenpay sent it: a 4xx would have ifthenpay retry for days, so it
+    is accepted as unreadable (the worker records it as unsupported, with the reason)."""
+    accepted = provider().verify(request(f"key={KEY}&{query}"))
+    assert accepted.unreadable
+    assert KEY not in accepted.uri
+    with pytest.raises(Malformed):  # the worker's reading: unsupported, with this reason
+        provider()._fields(query)
 
 
-def test_duplicate_keys_are_malformed() -> None:
-    with pytest.raises(Malformed):
-        provider().verify(request(f"key={KEY}&chave={KEY}&orderId=1&amount=1.00"))
+def test_two_different_keys_are_refused_the_same_key_twice_is_not() -> None:
+    with pytest.raises(Unauthorized):
+        provider().verify(request(f"key={KEY}&chave=other-key-value&orderId=1&amount=1.00"))
+    with pytest.raises(Unauthorized):
+        provider().verify(request(f"key=other-key-value&chave={KEY}&orderId=1&amount=1.00"))
+    accepted = provider().verify(request(f"key={KEY}&chave={KEY}&orderId=1&amount=1.00"))
+    assert (accepted.reference, accepted.unreadable) == ("1", None)
 
 
 def test_a_plus_in_a_request_id_survives() -> None:

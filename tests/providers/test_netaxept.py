@@ -62,5 +62,9 @@ def test_without_configured_credentials_none_are_needed() -> None:
      b'{"TransactionId": "abc\\n"}', b"\xff\xfe"],
 )
 def test_rejects_a_body_that_is_not_a_well_formed_id(body: bytes) -> None:
+    """Without callback credentials nothing proves Netaxept sent it: 400. With them, it is
+    stored as unreadable (a 4xx would lose a callback Netaxept proved it sent)."""
     with pytest.raises(Malformed):
-        provider().verify(request(body))
+        provider(credentials=False).verify(request(body, None))
+    accepted = provider().verify(request(body))
+    assert (accepted.reference, bool(accepted.unreadable)) == ("unreadable", True)
