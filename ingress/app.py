@@ -79,7 +79,10 @@ def create_app(settings: Settings) -> web.Application:
     _route(app, "GET", "/healthz", handlers.healthz)
     _route(app, "GET", "/readyz", handlers.readyz)
     _route(app, "GET", "/metrics", handlers.metrics)
-    app.router.add_route("*", "/{path:.*}", handlers.not_found, expect_handler=handlers.expect)
+    # [\s\S], not ".": a path whose percent-escapes decode to a newline must match too, or
+    # aiohttp answers it itself (a 500 when an Expect header is not UTF-8)
+    app.router.add_route("*", r"/{path:[\s\S]*}", handlers.not_found,
+                         expect_handler=handlers.expect)
     return app
 
 

@@ -304,6 +304,8 @@ def test_the_service_routes_refuse_every_method_but_get(
        body=st.binary(max_size=256))
 @example(path="/nothing", method="GET", query="", headers=[("Expect", b"\x80")], body=b"").via(
     "regression: was 500 (aiohttp's own Expect handler)")
+@example(path="/%0A", method="GET", query="", headers=[("Expect", "\x80")], body=b"").via(
+    "regression: was 500 (a path decoding to a newline matched no route)")
 def test_unknown_paths_are_refused(
     ingress: Ingress, queue: redis.Redis, path: str, method: str, query: str,
     headers: list[Header], body: bytes,
@@ -545,12 +547,14 @@ def keyed_ifthenpay_queries(draw: st.DrawFn) -> str:
 @example(query=f"key={IFTHENPAY_KEY}&orderId=1&amount=1.00&status=DEVOLV%C4%B0DO").via(
     "regression: was 200, a refund a worker would have read as a payment")
 @example(query=f"key={IFTHENPAY_KEY}&key=wrong-key-value&orderId=1&amount=1.00")
+@example(query=f"key=&key={IFTHENPAY_KEY}&orderId=1&amount=1.00").via(
+    "regression: was 401, an empty key beside the right one")
 def test_ifthenpay_with_the_right_key_but_a_bad_query_is_stored(
     ingress: Ingress, queue: redis.Redis, query: str
 ) -> None:
     """The key proves ifthenpay sent it: stored, however the rest reads (a parameter given
     twice with the same value reads as once). A second, different key proves nothing: 401."""
-    keys = {value for name, value in parse_qsl(query, errors="replace")
+    keys = {value for name, value in parse_qsl(query, errors="replace")  # empty ones skipped
             if name in IFTHENPAY_ALIASES["key"]}
     if len(keys) > 1:
         assert_refused(ingress, queue, "GET", f"{IFTHENPAY}?{query}", [], b"", expected={401})

@@ -85,8 +85,7 @@ _GATEWAY_LINK: Names = {"apk": "key", "ref": "order_id", "val": "amount",
                         "mtd": "payment_method", "req": "request_id"}
 PLUGINS: dict[IfthenpayPlugin, tuple[tuple[str | None, Names], ...]] = {
     "webdados": (
-        ("entidade", {**_LEGACY, "entidade": "entity", "referencia": "reference",
-                      "terminal": "payment_method"}),
+        ("entidade", {**_LEGACY, "entidade": "entity", "referencia": "reference"}),
         ("id_cliente", {**_LEGACY, "id_cliente": "order_id", "id_transacao": "request_id",
                         "referencia": "reference"}),
         ("idpedido", {**_LEGACY, "referencia": "order_id", "idpedido": "request_id"}),
@@ -253,9 +252,9 @@ def parse_fields(query: str, names: Mapping[str, str] = DEFAULT_NAMES) -> dict[s
 
 def key_of(query: str, key_names: Collection[str]) -> str:
     """The anti-phishing key of an ifthenpay query, read apart from the other parameters
-    (which may be unreadable); Unauthorized unless there is exactly one key value."""
+    (which may be unreadable); Unauthorized unless there is exactly one non-empty value."""
     pairs = parse_qsl(query, keep_blank_values=True, errors="replace", max_num_fields=None)
-    keys = {value for name, value in pairs if name in key_names}
+    keys = {value for name, value in pairs if name in key_names and value}
     if len(keys) != 1:
         raise Unauthorized("no anti-phishing key" if not keys else "two anti-phishing keys")
     return keys.pop()
