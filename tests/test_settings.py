@@ -102,6 +102,20 @@ BROKEN = [
      "callback_username and callback_password go together"),
     ('redis_url = "http://localhost"', "redis_url"),
     ("this is = not toml =", "not valid TOML"),
+    ('[merchants.a.ifthenpay]\nanti_phishing_key = "long-enough-key"\nplugin = "shopify"',
+     "merchants.a.ifthenpay.plugin"),
+    ('[merchants.a.ifthenpay]\nanti_phishing_key = "long-enough-key"\n'
+     'parameters = { k = "key", v = "value" }', "merchants.a.ifthenpay.parameters.v"),
+    ('[merchants.a.ifthenpay]\nanti_phishing_key = "long-enough-key"\n'
+     'parameters = { k = "key", o = "order_id" }', "no parameter means amount"),
+    ('[merchants.a.ifthenpay]\nanti_phishing_key = "long-enough-key"\n'
+     'parameters = { k = "key", v = "amount" }', "no parameter means order_id"),
+    ('[merchants.a.ifthenpay]\nanti_phishing_key = "long-enough-key"\nplugin = "odoo"\n'
+     'parameters = { k = "key", v = "amount", o = "order_id" }', "plugin or parameters"),
+    ('[merchants.a.ixopay]\nshared_secret = "s"\norder_id_pattern = "(?P<id>[0-9]+)"',
+     "needs a group named order"),
+    ('[merchants.a.ixopay]\nshared_secret = "s"\norder_id_pattern = "(?P<order>[0-9"',
+     "merchants.a.ixopay.order_id_pattern"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import get_args
 from urllib.parse import quote
 
 import pytest
@@ -9,8 +10,8 @@ from multidict import CIMultiDict
 
 from shared.errors import Malformed, Unauthorized
 from shared.providers.base import Incoming
-from shared.providers.ifthenpay import Ifthenpay, parse_fields, redact_key
-from shared.settings import IfthenpaySettings
+from shared.providers.ifthenpay import PLUGINS, Ifthenpay, parse_fields, redact_key
+from shared.settings import IfthenpayPlugin, IfthenpaySettings
 
 KEY = "my_anti_phishing_key"
 
@@ -126,3 +127,56 @@ def test_two_different_keys_are_refused_the_same_key_twice_is_not() -> None:
 
 def test_a_plus_in_a_request_id_survives() -> None:
     assert parse_fields("requestId=ab+cd%2Bef")["request_id"] == "ab+cd+ef"
+
+
+def plugin_provider(plugin: str | None = None, **settings: object) -> Ifthenpay:
+    return Ifthenpay(IfthenpaySettings.model_validate(
+        {"anti_phishing_key": KEY, "plugin": plugin, **settings}))
+
+
+def test_every_plugin_the_settings_name_has_templates() -> None:
+    assert set(PLUGINS) == set(get_args(IfthenpayPlugin))
+    for templates in PLUGINS.values():
+        assert templates[-1][0] is None  # the last one takes every other callback
+        assert all(marker for marker, _ in templates[:-1])
+        assert all("key" in names.values() and "amount" in names.values()
+                   for _, names in templates)
+
+
+def test_one_plugin_one_name_two_meanings_told_apart_by_the_template() -> None:
+    """webdados: `referencia` is the Multibanco reference, and the order in MB WAY."""
+    webdados = plugin_provider("webdados")
+    multibanco = webdados._fields(f"chave={KEY}&entidade=11604&referencia=999999999"
+                                  "&valor=21.50")
+    mbway = webdados._fields(f"chave={KEY}&referencia=4521&idpedido=abc&valor=34.90")
+    assert (multibanco.get("order_id"), multibanco["reference"]) == (None, "999999999")
+    assert (mbway["order_id"], mbway["request_id"], mbway.get("reference")) == (
+        "4521", "abc", None)
+
+
+def test_the_plugin_decides_what_ref_means() -> None:
+    query = f"ref=INV/2025/00012&apk={KEY}&val=12.30&mtd=MBWAY&req=R1"
+    assert plugin_provider("memberpress")._fields(query)["order_id"] == "INV/2025/00012"
+    with pytest.raises(Malformed):  # the default: ref is a Multibanco reference, no slashes
+        provider()._fields(query)
+
+
+def test_parameters_name_a_template_of_ones_own_and_its_key_is_redacted() -> None:
+    own = plugin_provider(parameters={"segredo": "key", "encomenda": "order_id",
+                                      "total": "amount"})
+    accepted = own.verify(request(f"segredo={KEY}&encomenda=A-1&total=5.00&key=x"))
+    assert (accepted.reference, accepted.unreadable) == ("A-1", None)
+    assert KEY not in accepted.uri and "segredo=redacted" in accepted.uri
+    with pytest.raises(Unauthorized):  # `key` is not a key name here
+        own.verify(request(f"key={KEY}&encomenda=A-1&total=5.00"))
+
+
+def test_each_plugins_key_name_is_redacted() -> None:
+    for plugin, templates in PLUGINS.items():
+        names = {name for _, template in templates for name, field in template.items()
+                 if field == "key"}
+        for name in names:
+            accepted = plugin_provider(plugin).verify(
+                request(f"{name}={KEY}&oid=1&order_id=1&id=1&referencia=1&reference=1"
+                        "&val=1.00&amount=1.00&valor=1.00&amt=1.00"))
+            assert KEY not in accepted.uri, (plugin, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ from multidict import CIMultiDict
 
 from shared.errors import Unauthorized
 from shared.providers.base import Incoming
-from shared.providers.ixopay import JSON_CONTENT_TYPE, Ixopay, sign
+from shared.providers.ixopay import JSON_CONTENT_TYPE, Ixopay, _order_id, sign
 from shared.settings import IxopaySettings
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ixopay"
@@ -196,3 +197,14 @@ def test_legacy_xml_with_an_entity_bomb_is_unreadable() -> None:
     headers = {"Date": DATE, "Authorization": f"Gateway my-api-key:{signature}"}
     accepted = provider(api_key="my-api-key").verify(request(body, headers))
     assert accepted.unreadable == "body is not well-formed XML"  # defusedxml refused it
+
+
+def test_order_id_pattern_takes_the_order_out_of_the_merchant_transaction_id() -> None:
+    """The white labels' WooCommerce and OpenCart plugins send `<order>-<YmdHis><hex>`;
+    an id the pattern does not match is the order as it is."""
+    pattern = re.compile(r"(?:capture-|void-|refund-)?(?P<order>[^-]+)-[0-9]{14}[0-9a-f]{10}")
+    assert _order_id("capture-2051-20240407143010c1d2e3f4a5", pattern) == "2051"
+    assert _order_id("1187-20240312094501a3f9c2d7e1", pattern) == "1187"
+    assert _order_id("000000142", pattern) == "000000142"
+    assert _order_id("1187-20240312094501a3f9c2d7e1", None) == "1187-20240312094501a3f9c2d7e1"
+    assert _order_id("", pattern) is None
