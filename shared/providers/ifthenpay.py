@@ -6,9 +6,11 @@ and WHMCS modules and the webdados WooCommerce plugin show what arrives in pract
 ifthenpay calls a URL template with GET, filling `[PLACEHOLDERS]` in the query. There is
 no body and no signature: the only proof is the anti-phishing key the merchant put in the
 template, compared here in constant time (a shop with several ifthenpay accounts may have
-several keys). The parameter names are the merchant's choice, so we accept the names of
-the docs' example and of every official plugin (see `_ALIASES`); the README gives a
-template to paste. Quirks:
+several keys). The parameter names are the merchant's choice, so by default we accept the
+names of the docs' example and of the official plugins (see `_ALIASES`); the README gives a
+template to paste. The plugins do not agree on what a name means (`ref` is the Multibanco
+reference in one and the order in another), so a merchant names its plugin (`plugin`, the
+templates in `PLUGINS`) or its own names (`parameters`). Quirks:
 - amounts are dot decimals (`21.50`), dates `dd-MM-yyyy HH:mm:ss`, where the legacy
   `[DATA_HORA_PAGAMENTO]` may arrive without the space (`dd-MM-yyyyHH:mm:ss`);
 - a request id may contain `+`, which arrives unencoded and so decodes as a space
@@ -110,6 +112,7 @@ PLUGINS: dict[IfthenpayPlugin, tuple[tuple[str | None, Names], ...]] = {
     "memberpress": ((None, _GATEWAY_LINK),),
 }
 
+_REFERENCES = ("request_id", "reference", "order_id")  # the stored reference: the first there
 _AMOUNT = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,2})?")
 _FORMATS: dict[str, re.Pattern[str]] = {
     "order_id": re.compile(r"[A-Za-z0-9_.:/-]{1,64}"),
@@ -143,13 +146,17 @@ class Ifthenpay:
             ((None, settings.parameters or DEFAULT_NAMES),))
         self._key_names = frozenset(name for _, names in self._templates
                                     for name, field in names.items() if field == "key")
+        # redacted under every name a key goes by, the merchant's and the default ones
+        self._redacted_names = self._key_names | set(_ALIASES["key"])
+        self._markers = [(re.compile(rf"(?:^|&){re.escape(marker)}="), names)
+                         for marker, names in self._templates[:-1] if marker is not None]
         self.allowed_ips = settings.allowed_ips
 
     def _names(self, query: str) -> Names:
         """The template this callback was made from: the first whose marking parameter it
         carries, else the last."""
-        for marker, names in self._templates[:-1]:
-            if marker is not None and re.search(rf"(?:^|&){re.escape(marker)}=", query):
+        for marker, names in self._markers:
+            if marker.search(query):
                 return names
         return self._templates[-1][1]
 
@@ -161,19 +168,18 @@ class Ifthenpay:
         if not matched:
             raise Unauthorized("wrong anti-phishing key")
         return proven(lambda: self._reference(request.query),
-                      redact_key(request.uri, self._key_names), {})
+                      redact_key(request.uri, self._redacted_names), {})
 
     def _reference(self, query: str) -> str:
         fields = self._fields(query)
-        return (fields.get("request_id") or fields.get("reference")  # type: ignore[return-value]
-                or fields.get("order_id"))
+        return next(fields[name] for name in _REFERENCES if name in fields)
 
     def _fields(self, query: str) -> dict[str, str]:
         """The callback's fields by meaning, checked; Malformed if unreadable."""
         fields = parse_fields(query, self._names(query))
         fields.pop("key", None)
         _check_formats(fields)
-        if not fields.keys() & {"request_id", "reference", "order_id"}:
+        if not fields.keys() & set(_REFERENCES):
             raise Malformed("no order id, request id or reference")
         if "amount" not in fields:
             raise Malformed("no amount")
@@ -188,7 +194,7 @@ class Ifthenpay:
         kind = EventType.REFUNDED if status == "DEVOLVIDO" else EventType.CAPTURED
         if kind is EventType.CAPTURED and self._settings.backoffice_key is not None:
             self._confirm(fields, context)
-        payment_id = fields.get("request_id") or fields.get("reference") or fields["order_id"]
+        payment_id = next(fields[name] for name in _REFERENCES if name in fields)
         method = fields.get("payment_method") or (
             "multibanco" if fields.get("entity", "").isdigit() else None)
         when = fields.get("payment_datetime")

@@ -171,12 +171,12 @@ def test_parameters_name_a_template_of_ones_own_and_its_key_is_redacted() -> Non
         own.verify(request(f"key={KEY}&encomenda=A-1&total=5.00"))
 
 
-def test_each_plugins_key_name_is_redacted() -> None:
+def test_each_plugins_key_name_is_redacted_and_the_default_ones_too() -> None:
     for plugin, templates in PLUGINS.items():
         names = {name for _, template in templates for name, field in template.items()
                  if field == "key"}
         for name in names:
             accepted = plugin_provider(plugin).verify(
                 request(f"{name}={KEY}&oid=1&order_id=1&id=1&referencia=1&reference=1"
-                        "&val=1.00&amount=1.00&valor=1.00&amt=1.00"))
-            assert KEY not in accepted.uri, (plugin, name)
+                        f"&val=1.00&amount=1.00&valor=1.00&amt=1.00&key={KEY}&chave={KEY}"))
+            assert KEY not in accepted.uri, (plugin, name)  # nor under the default names
