@@ -17,9 +17,8 @@ what happened, as a list of `Fact`s: every fact the source reports now, old ones
 so that a missed or reordered callback loses nothing (recording drops the facts already
 recorded). It raises `ProviderUnavailable` for answers worth retrying (including an answer
 that does not list yet the transaction the callback names: providers are eventually
-consistent),
-`ProviderRejected` for permanent ones and `UnsupportedEvent` for callbacks that map to no
-event, or that a proven sender sent in a form payhooks cannot read.
+consistent), `ProviderRejected` for permanent ones and `UnsupportedEvent` for callbacks
+that map to no event, or that a proven sender sent in a form payhooks cannot read.
 """
 
 from __future__ import annotations

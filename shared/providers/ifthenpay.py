@@ -161,25 +161,32 @@ class Ifthenpay:
         return self._templates[-1][1]
 
     def verify(self, request: Incoming) -> Accepted:
-        key = key_of(request.query, self._key_names)
+        pairs, unreadable = query_pairs(request.query)  # parsed once, for the key and the rest
+        key = key_of(pairs, self._key_names)
         matched = False
         for expected in self._keys:  # no early exit
             matched |= same_secret(key, expected)
         if not matched:
             raise Unauthorized("wrong anti-phishing key")
-        return proven(lambda: self._reference(request.query),
+        return proven(lambda: self._reference(request.query, pairs, unreadable),
                       redact_key(request.uri, self._redacted_names), {})
 
-    def _reference(self, query: str) -> str:
-        fields = self._fields(query)
+    def _reference(self, query: str, pairs: Pairs, unreadable: str | None) -> str:
+        fields = self._fields(query, pairs, unreadable)
         return next(fields[name] for name in _REFERENCES if name in fields)
 
-    def _fields(self, query: str) -> dict[str, str]:
-        """The callback's fields by meaning, checked; Malformed if unreadable."""
-        fields = parse_fields(query, self._names(query))
+    def _fields(self, query: str, pairs: Pairs | None = None,
+                unreadable: str | None = None) -> dict[str, str]:
+        """The callback's fields by meaning, checked; Malformed if unreadable. `pairs` and
+        `unreadable`: the query already parsed by `query_pairs`."""
+        if pairs is None:
+            pairs, unreadable = query_pairs(query)
+        if unreadable is not None:
+            raise Malformed(unreadable)
+        fields = fields_of(pairs, self._names(query))
         fields.pop("key", None)
         _check_formats(fields)
-        if not fields.keys() & set(_REFERENCES):
+        if fields.keys().isdisjoint(_REFERENCES):
             raise Malformed("no order id, request id or reference")
         if "amount" not in fields:
             raise Malformed("no amount")
@@ -235,14 +242,33 @@ class Ifthenpay:
         raise ProviderUnavailable("ifthenpay payments API does not list the payment yet")
 
 
+Pairs = list[tuple[str, str]]
+
+
+def query_pairs(query: str) -> tuple[Pairs, str | None]:
+    """The query's name-value pairs, and why the query cannot be read, if it cannot (not
+    UTF-8, too many parameters): then the pairs are decoded leniently, good for finding
+    the key and nothing else."""
+    try:
+        return parse_qsl(query, keep_blank_values=True, errors="strict",
+                         max_num_fields=64), None
+    except (ValueError, UnicodeDecodeError):
+        return (parse_qsl(query, keep_blank_values=True, errors="replace"),
+                "query string cannot be decoded")
+
+
 def parse_fields(query: str, names: Mapping[str, str] = DEFAULT_NAMES) -> dict[str, str]:
     """The known fields of an ifthenpay query, by meaning (`names`: parameter -> meaning);
-    Malformed if ambiguous. An empty value counts as absent (a placeholder ifthenpay does
+    Malformed if it cannot be read or is ambiguous."""
+    pairs, unreadable = query_pairs(query)
+    if unreadable is not None:
+        raise Malformed(unreadable)
+    return fields_of(pairs, names)
+
+
+def fields_of(pairs: Pairs, names: Mapping[str, str]) -> dict[str, str]:
+    """The pairs by meaning. An empty value counts as absent (a placeholder ifthenpay does
     not fill for this method), and two parameters of one meaning must agree."""
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=64)
-    except (ValueError, UnicodeDecodeError):
-        raise Malformed("query string cannot be decoded") from None
     fields: dict[str, str] = {}
     for name, value in pairs:
         field = names.get(name)
@@ -256,10 +282,9 @@ def parse_fields(query: str, names: Mapping[str, str] = DEFAULT_NAMES) -> dict[s
     return fields
 
 
-def key_of(query: str, key_names: Collection[str]) -> str:
-    """The anti-phishing key of an ifthenpay query, read apart from the other parameters
+def key_of(pairs: Pairs, key_names: Collection[str]) -> str:
+    """The anti-phishing key among the query's pairs, read apart from the other parameters
     (which may be unreadable); Unauthorized unless there is exactly one non-empty value."""
-    pairs = parse_qsl(query, keep_blank_values=True, errors="replace", max_num_fields=None)
     keys = {value for name, value in pairs if name in key_names and value}
     if len(keys) != 1:
         raise Unauthorized("no anti-phishing key" if not keys else "two anti-phishing keys")

@@ -81,10 +81,10 @@ class Payex:
         data = load_json_object(callback.body)
         check_shape(data)
         reference = data.get("orderReference")
-        named = data.get("transaction") or {}
         if "paymentOrder" in data:
             return self._order_facts(data, reference, context)
-        return self._payment_facts(data["payment"]["id"], reference, context, named)
+        return self._payment_facts(data["payment"]["id"], reference, context,
+                                   data.get("transaction") or {})
 
     def _get(self, path: str, context: FollowUp, **params: str) -> dict[str, Any]:
         if not (PAYMENT_ORDER_PATH.fullmatch(path.removesuffix("/financialtransactions"))
