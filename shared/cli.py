@@ -210,11 +210,9 @@ def _replay(args: argparse.Namespace) -> int:
     with Redis.from_url(settings.redis_url) as redis:
         letters = dead_letters(redis, event=args.event, hook=args.hook, merchant=args.merchant,
                                since=_moment(args.since), until=_moment(args.until))
-        for letter in letters if args.dry_run else ():
-            print(f"{letter.merchant} {letter.event} -> {letter.hook}")
-        if args.dry_run or not letters:
-            print(f"{len(letters)} dead-lettered deliver{'y' if len(letters) == 1 else 'ies'}"
-                  f"{' to replay' if args.dry_run else ' match'}")
+        listed = [f"{letter.merchant} {letter.event} -> {letter.hook}" for letter in letters]
+        if _listed_only(listed, "dead-lettered delivery", "dead-lettered deliveries",
+                        args.dry_run):
             return 0
         progress = text_progress if len(letters) > 20 or sys.stderr.isatty() else None
         count = replay(redis, settings, letters, progress)
@@ -230,15 +228,25 @@ def _replay_unsupported(args: argparse.Namespace, settings: Settings) -> int:
     with Redis.from_url(settings.redis_url) as redis:
         found = unsupported_callbacks(redis, merchant=args.merchant, provider=args.provider,
                                       since=_moment(args.since), until=_moment(args.until))
-        for entry in found if args.dry_run else ():
-            print(f"{entry.merchant} {entry.provider} {entry.callback_id}: {entry.reason}")
-        if args.dry_run or not found:
-            print(f"{len(found)} unsupported callback{'' if len(found) == 1 else 's'}"
-                  f"{' to replay' if args.dry_run else ' match'}")
+        listed = [f"{entry.merchant} {entry.provider} {entry.callback_id}: {entry.reason}"
+                  for entry in found]
+        if _listed_only(listed, "unsupported callback", "unsupported callbacks", args.dry_run):
             return 0
         count = replay_unsupported(redis, found)
     print(f"queued {count} of {len(found)} unsupported callbacks to be processed again")
     return 0
+
+
+def _listed_only(listed: list[str], one: str, many: str, dry_run: bool) -> bool:
+    """For a replay: with --dry-run, print what would be replayed and how many; with
+    nothing to replay, say so. True when there is nothing more to do."""
+    if listed and not dry_run:
+        return False
+    for line in listed if dry_run else ():
+        print(line)
+    print(f"{len(listed)} {one if len(listed) == 1 else many}"
+          f"{' to replay' if dry_run else ' match'}")
+    return True
 
 
 def _moment(value: str | None) -> float | None:
