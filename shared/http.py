@@ -5,13 +5,25 @@ A worker keeps its client (and so its pooled connections) across jobs. `send` tr
 a timeout, a connection error, a 5xx or a 429 is `ProviderUnavailable` (RQ retries the job,
 after `Retry-After` when the provider gives one); every other answer is returned as is,
 for the provider module to judge.
+
+Deadlines. httpx's timeouts bound each read, so a server that sends a byte a second holds a
+request forever. Within `deadline(seconds)`, every connect, TLS handshake, write and read
+of the request waits at most until the deadline, whatever the server does: the network
+backend of our clients (`_DeadlineBackend`) gives each socket operation the time that is
+left, and none once it is spent (an httpx timeout). `send` runs each follow-up request under
+`PROVIDER_DEADLINE` and reads at most `PROVIDER_ANSWER_LIMIT` bytes of its answer; a
+delivery attempt runs under `[delivery] timeout` (workers/delivery.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
-from collections.abc import Iterable
+import ssl
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -23,16 +35,85 @@ from shared.errors import ProviderUnavailable
 
 USER_AGENT = "payhooks/0.1 (+https://github.com/payhooks/payhooks)"
 TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0)
+PROVIDER_DEADLINE = 15.0  # a whole follow-up request, connect to last byte
+PROVIDER_ANSWER_LIMIT = 4 * 1024 * 1024  # bytes of a follow-up answer, decoded
+
+_DEADLINE: ContextVar[float | None] = ContextVar("payhooks_http_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Every request made inside ends within `seconds` from now, or times out."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _left(timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
+    """The timeout of one socket operation: the given one, cut to the deadline's rest."""
+    end = _DEADLINE.get()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise expired("the request's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation ends by the deadline of the request using it."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(
+            ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.SyncBackend):
+    def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None,
+        local_address: str | None = None, socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(super().connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address,
+            socket_options))
+
+
+def _transport(backend: httpcore.NetworkBackend, limits: httpx.Limits) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(limits=limits)
+    # httpx has no hook for the connection step: give its pool our backend.
+    pool = transport._pool
+    assert isinstance(pool, httpcore.ConnectionPool)
+    pool._network_backend = backend
+    return transport
 
 
 def make_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """A client with our timeouts and user agent; `transport` is the test seam."""
+    """A client with our timeouts, deadlines and user agent; `transport` is the test seam."""
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
     return httpx.Client(
         timeout=TIMEOUT,
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
-        transport=transport,
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        transport=transport or _transport(_DeadlineBackend(), limits),
+        limits=limits,
     )
 
 
@@ -43,7 +124,7 @@ class PrivateAddressRefused(httpcore.ConnectError):
     """A hook's host resolved to an address that is not public."""
 
 
-class _PublicOnlyBackend(httpcore.SyncBackend):
+class _PublicOnlyBackend(_DeadlineBackend):
     """Resolves the host itself, refuses it if any address is not globally routable, and
     connects to the address it checked (so a second DNS answer cannot point elsewhere).
     TLS is still verified against the host name: httpcore passes it as server_hostname."""
@@ -69,28 +150,36 @@ def make_delivery_client(timeout: float, allow_private_networks: bool,
     """The client for merchant hooks: no redirects, a total timeout, and (unless allowed)
     no connection to private, loopback or link-local addresses."""
     if transport is None:
-        guarded = httpx.HTTPTransport(limits=httpx.Limits(max_connections=50,
-                                                          max_keepalive_connections=20))
-        if not allow_private_networks:
-            # httpx has no hook for the connection step: give its pool our backend.
-            pool = guarded._pool
-            assert isinstance(pool, httpcore.ConnectionPool)
-            pool._network_backend = _PublicOnlyBackend()
-        transport = guarded
+        backend = _DeadlineBackend() if allow_private_networks else _PublicOnlyBackend()
+        transport = _transport(backend, httpx.Limits(max_connections=50,
+                                                     max_keepalive_connections=20))
     return httpx.Client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         headers={"User-Agent": USER_AGENT}, follow_redirects=False, transport=transport,
     )
 
 
-def send(client: httpx.Client, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
-    """Send a follow-up request; ProviderUnavailable when the provider cannot answer now."""
+def send(client: httpx.Client, method: str, url: str, what: str, *,
+         within: float = PROVIDER_DEADLINE, **kwargs: Any) -> httpx.Response:
+    """Send a follow-up request, done `within` seconds with at most `PROVIDER_ANSWER_LIMIT`
+    bytes of answer; ProviderUnavailable when the provider cannot answer now, or answers
+    more than that."""
     try:
-        response = client.request(method, url, **kwargs)
+        with deadline(within), client.stream(method, url, **kwargs) as streamed:
+            body = bytearray()
+            for chunk in streamed.iter_bytes():
+                body += chunk
+                if len(body) > PROVIDER_ANSWER_LIMIT:
+                    raise ProviderUnavailable(
+                        f"{what}: answer over {PROVIDER_ANSWER_LIMIT // 1024 // 1024} MiB")
     except httpx.TimeoutException:
         raise ProviderUnavailable(f"{what}: timed out") from None
     except httpx.HTTPError as exc:
         raise ProviderUnavailable(f"{what}: {exc.__class__.__name__}") from None
+    headers = [(k, v) for k, v in streamed.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    response = httpx.Response(streamed.status_code, headers=headers, content=bytes(body),
+                              request=streamed.request)
     if response.status_code == 429 or response.status_code >= 500:
         raise ProviderUnavailable(
             f"{what}: HTTP {response.status_code}", retry_after=_retry_after(response)

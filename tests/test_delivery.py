@@ -144,6 +144,19 @@ def test_retry_after_is_honoured(delivering: Runtime, admin: SimulatorClient,
     assert 3600 - 2 <= scheduled_in(delivering, delivery_job_id(event.id, "orders")) <= 3602
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "soon"])
+def test_a_retry_after_that_is_no_time_falls_back_to_the_schedule(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis, value: str) -> None:
+    """`Retry-After: nan` made the attempt raise before it was settled (round(nan))."""
+    endpoint.script("/orders", Answer(503, {"Retry-After": value}))
+    process_callback(netaxept(admin, f"d-ra-{value}", authorized=True))
+    work(delivering)
+    event = recent_events(redis_client, "shop-eu")[0]
+    assert 80 - 2 <= scheduled_in(delivering, delivery_job_id(event.id, "orders")) <= 120 + 2
+    assert redis_client.hget(delivery_key(event.id, "orders"), "state") == b"retrying"
+
+
 def test_a_used_up_schedule_is_dead_lettered_then_replayed_with_the_same_id(
         delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
         redis_client: redis.Redis) -> None:

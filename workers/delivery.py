@@ -5,9 +5,12 @@ One RQ job per (event, hook), with a deterministic id (workers/events.py), runs
 - POSTs the event's JSON, signed the Standard Webhooks way: `webhook-id` (the event id,
   the merchant's idempotency key), `webhook-timestamp`, and `webhook-signature`, one
   `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` per active secret of the hook;
-- counts as delivered on a 2xx within `[delivery] timeout`; redirects are not followed, at
-  most 16 KB of the answer is read, and (unless `allow_private_networks`) a hook whose host
-  resolves to a private, loopback or link-local address is refused before connecting;
+- counts as delivered on a 2xx within `[delivery] timeout`, a deadline for the whole
+  attempt from connecting to the last byte read (not per read: a hook that drips its answer
+  a byte at a time is cut off at the deadline, and the attempt is a timeout); redirects are
+  not followed, at most 16 KB of the answer is read, and (unless `allow_private_networks`)
+  a hook whose host resolves to a private, loopback or link-local address is refused
+  before connecting;
 - is recorded (time, status or error, duration) for `history` days.
 A failed attempt is retried on `retry_schedule`, each step ±20% (jitter), or after the
 hook's `Retry-After` (between 1 s and 24 h): the job sets its next interval on itself
@@ -29,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -44,7 +48,7 @@ from rq.job import Job
 
 from shared import metrics
 from shared.errors import PayhooksError
-from shared.http import REFUSED, make_delivery_client
+from shared.http import REFUSED, deadline, make_delivery_client
 from shared.queue import DEAD_LETTERS
 from shared.settings import DeliverySettings, HookSettings
 from workers import runtime as runtimes
@@ -115,7 +119,8 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(callback_id=origin.decode())
     probing = _wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
     try:
-        attempt = _attempt(_client(settings.delivery), hook, event_id, body)
+        attempt = _attempt(_client(settings.delivery), hook, event_id, body,
+                           settings.delivery.timeout)
     finally:
         if probing:
             runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
@@ -140,12 +145,16 @@ def _event_body(redis: Redis, event_id: str, hook_id: str) -> bytes | None:
     return bytes(body) if isinstance(body, bytes) else None
 
 
-def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: bytes) -> Attempt:
+def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: bytes,
+             timeout: float) -> Attempt:
+    """One POST, connect to the last byte read within `timeout` (a hook that drips its
+    answer is cut off then, and the attempt is a timeout like any other)."""
     started = time.time()
     status, error, retry_after = None, None, None
     try:
         headers = signed_headers(hook, event_id, body, started)
-        with client.stream("POST", str(hook.url), content=body, headers=headers) as response:
+        with deadline(timeout), client.stream("POST", str(hook.url), content=body,
+                                              headers=headers) as response:
             received = 0
             for chunk in response.iter_raw():
                 received += len(chunk)
@@ -218,7 +227,8 @@ def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None  # "nan", "inf": no advice
     except ValueError:
         from email.utils import parsedate_to_datetime
 

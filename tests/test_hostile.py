@@ -1,0 +1,97 @@
+"""Hostile endpoints and providers: servers on 127.0.0.1 that drip, never end or never
+answer (tests/hostile.py), against real deliveries, real follow-ups and a real worker.
+
+httpx's timeouts bound each read, so before the deadlines a server that sent a byte every
+half second held a worker until RQ's job timeout, and an endless answer grew a worker's
+memory without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from shared.errors import ProviderUnavailable
+from shared.http import PROVIDER_ANSWER_LIMIT, PROVIDER_DEADLINE, make_client, send
+from shared.settings import settings_from_dict
+from shared.simulators.client import SimulatorClient
+from tests.helpers import worker_config
+from tests.hostile import HostileServer
+from tests.test_delivery import settings_for, work
+from tests.test_tasks import netaxept, netaxept_callback
+from workers import runtime as runtimes
+from workers.events import attempts_key, delivery_key, hook_key
+from workers.runtime import Runtime
+from workers.tasks import process_callback
+
+
+def test_a_dripping_answer_is_cut_off_at_the_deadline() -> None:
+    with HostileServer("drip", interval=0.3, lifetime=20) as drip, make_client() as client:
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            send(client, "GET", drip.url, "dripping provider", within=1.0)
+        assert time.monotonic() - started < 1.8
+        assert drip.sent >= 2  # it did drip: each byte came well within the read timeout
+
+
+def test_a_silent_provider_is_cut_off_at_the_deadline() -> None:
+    with HostileServer("silent", lifetime=20) as silent, make_client() as client:
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            send(client, "GET", silent.url, "silent provider", within=1.0)
+        assert time.monotonic() - started < 1.8
+
+
+def test_an_endless_answer_is_a_provider_error_after_the_limit() -> None:
+    with (HostileServer("endless", lifetime=20) as endless, make_client() as client,
+          pytest.raises(ProviderUnavailable, match="answer over 4 MiB")):
+        send(client, "GET", endless.url, "endless provider")
+    assert PROVIDER_ANSWER_LIMIT <= endless.sent < 4 * PROVIDER_ANSWER_LIMIT
+
+
+@pytest.mark.usefixtures("worker_runtime")
+def test_a_dripping_netaxept_query_frees_the_worker_within_the_deadline(
+        redis_url: str, redis_client: redis.Redis, sims: Any) -> None:
+    """The callback job ends as a retry by the deadline, not by RQ's job timeout (122 s)."""
+    config = worker_config(redis_url, sims.url)
+    with HostileServer("drip", interval=0.5, lifetime=PROVIDER_DEADLINE + 20) as drip:
+        config["merchants"]["shop-eu"]["netaxept"]["base_url"] = drip.url
+        runtime = Runtime.from_settings(settings_from_dict(config, environ={}))
+        previous = runtimes.current()
+        runtimes.install(runtime)
+        try:
+            started = time.monotonic()
+            with pytest.raises(ProviderUnavailable, match="timed out"):
+                process_callback(netaxept_callback("tx-dripping"))
+            assert time.monotonic() - started < PROVIDER_DEADLINE + 2
+        finally:
+            runtimes.install(previous)
+            runtime.close()
+
+
+def test_a_dripping_hook_is_a_timeout_that_counts_toward_its_pause(
+        worker_runtime: Runtime, admin: SimulatorClient, redis_client: redis.Redis,
+        sims: Any) -> None:
+    with HostileServer("drip", interval=0.3, lifetime=30) as drip:
+        settings = settings_for(worker_runtime.settings.redis_url, sims.url, drip.url,
+                                timeout="1s", retry_schedule=["100s", "200s"])
+        runtime = Runtime(settings, worker_runtime.redis, worker_runtime.http)
+        runtimes.install(runtime)
+        try:
+            [event_id] = process_callback(netaxept(admin, "tx-drip", authorized=True))["events"]
+            started = time.monotonic()
+            work(runtime)  # a real RQ worker takes the delivery
+            elapsed = time.monotonic() - started
+        finally:
+            runtimes.install(worker_runtime)
+    assert elapsed < 2.5
+    [attempt] = [orjson.loads(raw) for raw in redis_client.lrange(
+        attempts_key(event_id, "orders"), 0, -1)]
+    assert attempt["error"] == "timeout" and attempt["status"] is None
+    assert 900 <= attempt["duration_ms"] < 1600
+    assert redis_client.hget(delivery_key(event_id, "orders"), "state") == b"retrying"
+    assert redis_client.hget(hook_key("shop-eu", "orders"), "failures") == b"1"
