@@ -29,6 +29,7 @@ from tests.helpers import (
     IXOPAY_SECRET,
     NETAXEPT_PASSWORD,
     NETAXEPT_USER,
+    ixopay_headers,
     raw,
     stored_callback,
     worker_config,
@@ -189,6 +190,23 @@ class TestIxopay:
         assert [(e.type, e.data.payment_id, e.data.order_id, e.data.sequence) for e in found] == [
             (EventType.CAPTURED, "u-2", "order-42", 1),
             (EventType.CHARGEBACK, "u-2", "order-42", 2)]
+
+    def test_callbacks_without_uuid_are_told_apart_by_merchant_transaction_id(
+            self, redis_client: redis.Redis) -> None:
+        """The ingress accepts merchantTransactionId alone; two such orders collapsed onto
+        one empty payment id, and the second capture was dropped as a duplicate."""
+        for order in ("order-a", "order-b", "order-a"):
+            body = json.dumps({"result": "OK", "merchantTransactionId": order,
+                               "transactionType": "DEBIT", "amount": "5.00",
+                               "currency": "EUR"}).encode()
+            path = "/callbacks/shop-eu/ixopay"
+            process_callback(stored_callback(
+                build.OutgoingCallback("POST", path, ixopay_headers(body, path), body),
+                "shop-eu", "ixopay"))
+        assert [(e.data.order_id, e.data.payment_id, e.type.value)
+                for e in events(redis_client)] == [
+            ("order-a", "mtid:order-a", "payment.captured"),
+            ("order-b", "mtid:order-b", "payment.captured")]
 
     def test_register_is_unsupported_and_delivers_nothing(self,
                                                           redis_client: redis.Redis) -> None:

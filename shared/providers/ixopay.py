@@ -326,7 +326,10 @@ def _order_id(merchant_transaction_id: str, pattern: re.Pattern[str] | None) -> 
 def _fact(data: dict[str, Any], kind: EventType, result: str,
           order_pattern: re.Pattern[str] | None = None) -> Fact:
     transaction_type = str(data.get("transactionType", "")).upper()
-    uuid = str(data.get("uuid", ""))
+    # The ingress takes a callback that has merchantTransactionId without uuid: it is the
+    # transaction's id then (else every such callback of a merchant is one payment, and a
+    # second order's capture a duplicate of the first's).
+    uuid = str(data.get("uuid") or "") or f"mtid:{data.get('merchantTransactionId') or ''}"
     chargeback = data.get("chargebackData") or data.get("chargebackReversalData") or {}
     if not isinstance(chargeback, dict):
         chargeback = {}
