@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -156,7 +157,20 @@ class TestPayex:
         callback = stored_callback(build.payex_callback("shop-eu", payment_id=payment["path"]),
                                    "shop-eu", "payex")
         admin.reset()  # forgets the registered token
-        with pytest.raises(ProviderRejected, match="check the token"):
+        with pytest.raises(ProviderRejected, match="check the credentials"):
+            process_callback(callback)
+
+    @pytest.mark.parametrize(("age", "outcome"), [(60, ProviderUnavailable),
+                                                  (7200, ProviderRejected)])
+    def test_an_unknown_payment_is_retried_for_an_hour_then_rejected(
+            self, worker_runtime: Runtime, age: int, outcome: type[Exception]) -> None:
+        """Swedbank Pay calls back as the payment is made: a 404 soon after may be its API
+        lagging behind (was rejected at once, and the payment lost)."""
+        unknown = "/psp/creditcard/payments/00000000-0000-0000-0000-000000000404"
+        callback = stored_callback(build.payex_callback("shop-eu", payment_id=unknown),
+                                   "shop-eu", "payex")
+        callback["received_at"] = (datetime.now(UTC) - timedelta(seconds=age)).isoformat()
+        with pytest.raises(outcome, match="HTTP 404"):
             process_callback(callback)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import httpx
 from redis import Redis
@@ -39,11 +40,12 @@ class Runtime:
                                health_check_interval=30)
         return cls(settings, redis, http or make_client())
 
-    def follow_up_context(self, key: str | None = None, per_minute: int = 0) -> FollowUp:
+    def follow_up_context(self, key: str | None = None, per_minute: int = 0,
+                          received_at: datetime | None = None) -> FollowUp:
         """The context of a follow-up; with `key`, its requests share that budget."""
         if key is None:
-            return FollowUp(http=self.http, limit=self.limit)
-        return FollowUp(http=self.http, limit=self.limit,
+            return FollowUp(http=self.http, limit=self.limit, received_at=received_at)
+        return FollowUp(http=self.http, limit=self.limit, received_at=received_at,
                         spend=functools.partial(self.limit, key, per_minute))
 
     def limit(self, key: str, per_minute: int) -> None:

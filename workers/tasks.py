@@ -67,7 +67,7 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
             raise ProviderRejected("the merchant or provider is no longer configured")
         budget = merchant.providers()[callback.provider].max_follow_ups_per_minute
         context = runtime.follow_up_context(
-            f"followup:{callback.merchant}:{callback.provider}", budget)
+            f"followup:{callback.merchant}:{callback.provider}", budget, callback.received_at)
         asked = time.perf_counter()
         facts = provider.follow_up(callback, context)
         batch.observe("followup_seconds", time.perf_counter() - asked, callback.provider)

@@ -26,12 +26,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 import httpx
 import orjson
 
-from shared.errors import Malformed
+from shared.errors import Malformed, ProviderRejected, ProviderUnavailable
 from shared.http import send
 from shared.models import Callback, Fact
 
@@ -88,11 +89,16 @@ class FollowUp:
     http: httpx.Client
     limit: RateLimiter
     spend: Callable[[], None] = _unlimited  # ProviderUnavailable when the budget is spent
+    received_at: datetime | None = None  # the callback's: how long a 404 is worth a retry
 
     def send(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         """A follow-up request (shared.http.send), counted against the budget."""
         self.spend()
         return send(self.http, method, url, what, **kwargs)
+
+    def check(self, response: httpx.Response, what: str) -> None:
+        """`check_status` for an answer to a request about this callback."""
+        check_status(response.status_code, what, self.received_at or datetime.now(UTC))
 
 
 class Provider(Protocol):
@@ -111,6 +117,29 @@ class Provider(Protocol):
     def follow_up(self, callback: Callback, context: FollowUp) -> list[Fact]:
         """The facts the authoritative source reports for the payment of this callback."""
         ...
+
+
+# Answers that say "not now": a redirect (no provider API redirects its answers: a proxy or
+# maintenance page), a timeout, a conflict with a change in progress, "too early"
+_TRANSIENT = {408, 409, 425}
+NOT_FOUND_GRACE = 3600.0  # a 404 this soon after the callback: the provider may lag behind
+
+
+def check_status(status: int, what: str, received_at: datetime) -> None:
+    """Raise unless `status` is a 2xx: ProviderUnavailable for answers worth retrying (3xx,
+    408, 409, 425, and a 404 within `NOT_FOUND_GRACE` of the callback: providers call back
+    as a transaction is made, and their API may not show it yet), ProviderRejected for the
+    rest (401 and 403 mean our credentials). 429 and 5xx never get here (shared.http.send)."""
+    if 200 <= status < 300:
+        return
+    if 300 <= status < 400 or status in _TRANSIENT:
+        raise ProviderUnavailable(f"{what}: HTTP {status}")
+    if status == 404 and (datetime.now(UTC) - received_at).total_seconds() < NOT_FOUND_GRACE:
+        raise ProviderUnavailable(f"{what}: HTTP 404, retried for an hour after the callback")
+    if status in (401, 403):
+        raise ProviderRejected(f"{what}: HTTP {status}, check the credentials (token, user "
+                               "name, password)")
+    raise ProviderRejected(f"{what}: HTTP {status}")
 
 
 def same_secret(given: str | bytes, expected: bytes) -> bool:

@@ -90,8 +90,7 @@ class Netaxept:
                     "token": settings.token.get_secret_value(),
                     "transactionId": transaction_id},
         )
-        if response.status_code != 200:
-            raise ProviderUnavailable(f"netaxept Query: HTTP {response.status_code}")
+        context.check(response, "netaxept Query")  # it answers 200, errors in the XML
         return payment_facts(_parse(response.content), transaction_id)
 
     def check_credentials(self, authorization: str | None) -> None:

@@ -96,10 +96,7 @@ class Payex:
                 "Authorization": f"Bearer {self._settings.token.get_secret_value()}",
                 "Accept": "application/json"},
         )
-        if response.status_code in (401, 403):
-            raise ProviderRejected(f"payex: HTTP {response.status_code}, check the token")
-        if response.status_code != 200:
-            raise ProviderRejected(f"payex: HTTP {response.status_code} for {path}")
+        context.check(response, f"payex GET {path}")
         try:
             answer: dict[str, Any] = response.json()
         except ValueError:
