@@ -14,12 +14,15 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from shared.errors import ProviderUnavailable
 from shared.http import PROVIDER_ANSWER_LIMIT, PROVIDER_DEADLINE, make_client, send
 from shared.settings import settings_from_dict
+from shared.simulators import callbacks as build
 from shared.simulators.client import SimulatorClient
-from tests.helpers import worker_config
+from tests.conformance.harness import AnswerServer
+from tests.helpers import stored_callback, worker_config
 from tests.hostile import HostileServer
 from tests.test_delivery import settings_for, work
 from tests.test_tasks import netaxept, netaxept_callback
@@ -95,3 +98,51 @@ def test_a_dripping_hook_is_a_timeout_that_counts_toward_its_pause(
     assert 900 <= attempt["duration_ms"] < 1600
     assert redis_client.hget(delivery_key(event_id, "orders"), "state") == b"retrying"
     assert redis_client.hget(hook_key("shop-eu", "orders"), "failures") == b"1"
+
+
+def answering(redis_url: str, sims_url: str, base_url: str) -> Runtime:
+    """The runtime of shop-eu with its Netaxept and PayEx APIs at `base_url`."""
+    config = worker_config(redis_url, sims_url)
+    for provider in ("netaxept", "payex"):
+        config["merchants"]["shop-eu"][provider]["base_url"] = base_url
+    return Runtime.from_settings(settings_from_dict(config, environ={}))
+
+
+PAYMENT = "/psp/creditcard/payments/5adc265f-f87f-4313-577e-08d3dca1a26c"
+
+
+@pytest.mark.parametrize("answer", [{"payment": []}, [], {"payment": {"transactions": []}},
+                                    {"payment": {"transactions": {"transactionList": {}}}}])
+@pytest.mark.usefixtures("worker_runtime")
+def test_an_answer_of_the_wrong_shape_is_a_logged_retry(
+        redis_url: str, sims: Any, answer: Any) -> None:
+    with AnswerServer() as server:
+        server.serve([{"method": "GET", "path": PAYMENT, "json": answer}])
+        runtime = answering(redis_url, sims.url, server.url)
+        previous = runtimes.current()
+        runtimes.install(runtime)
+        try:
+            with capture_logs() as logs, pytest.raises(ProviderUnavailable):
+                process_callback(stored_callback(build.payex_callback(
+                    "shop-eu", payment_id=PAYMENT), "shop-eu", "payex"))
+        finally:
+            runtimes.install(previous)
+            runtime.close()
+    [line] = [entry for entry in logs if entry["event"] == "callback_processed"]
+    assert line["outcome"] == "retry"
+
+
+@pytest.mark.usefixtures("worker_runtime")
+def test_a_payment_info_without_summary_is_a_provider_error(redis_url: str, sims: Any) -> None:
+    with AnswerServer() as server:
+        server.serve([{"method": "GET", "path": "/Netaxept/Query.aspx",
+                       "text": "<PaymentInfo/>", "content_type": "text/xml"}])
+        runtime = answering(redis_url, sims.url, server.url)
+        previous = runtimes.current()
+        runtimes.install(runtime)
+        try:
+            with pytest.raises(ProviderUnavailable, match="without Summary"):
+                process_callback(netaxept_callback("tx-empty"))
+        finally:
+            runtimes.install(previous)
+            runtime.close()

@@ -69,7 +69,13 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
         context = runtime.follow_up_context(
             f"followup:{callback.merchant}:{callback.provider}", budget, callback.received_at)
         asked = time.perf_counter()
-        facts = provider.follow_up(callback, context)
+        try:
+            facts = provider.follow_up(callback, context)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            # an answer of a shape the provider module does not expect (a list for an
+            # object, a string for a number): a provider error, retried and logged
+            raise ProviderUnavailable(f"{callback.provider}: an answer of an unexpected shape "
+                                      f"({exc.__class__.__name__})") from None
         batch.observe("followup_seconds", time.perf_counter() - asked, callback.provider)
         if not facts:
             raise UnsupportedEvent(f"{callback.provider}: the answer reports no fact we deliver")

@@ -145,6 +145,8 @@ def _parse(content: bytes) -> Element:
 
 def payment_facts(info: Element, transaction_id: str) -> list[Fact]:
     """Every fact a PaymentInfo reports, oldest first."""
+    if info.find("Summary") is None:  # every answer has one: this one is broken
+        raise ProviderUnavailable("netaxept Query: a PaymentInfo without Summary")
     summary = {child.tag: (child.text or "").strip() for child in info.findall("Summary/*")}
     authorized = summary.get("Authorized") == "true"
     annulled = "true" in (summary.get("Annulled"), summary.get("Annuled"))

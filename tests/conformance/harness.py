@@ -148,3 +148,9 @@ class AnswerServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def __enter__(self) -> AnswerServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
