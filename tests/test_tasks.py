@@ -87,6 +87,33 @@ class TestNetaxept:
         assert (last.data.order_id, last.data.currency, last.data.amount) == (
             "order-77", "NOK", "25.00")
 
+    def test_old_facts_do_not_come_back_after_their_event_records_expire(
+            self, admin: SimulatorClient, redis_client: redis.Redis) -> None:
+        """A refund on day 11: the Query answer lists the whole history again, and the
+        10-day event records are gone (deleted here by hand). Only the refund is new, and
+        its sequence follows the old ones."""
+        callback = netaxept(admin, "tx-old", authorized=True, captured=10000)
+        process_callback(callback)
+        for key in redis_client.scan_iter("payhooks:event:*"):
+            redis_client.delete(key)
+        netaxept(admin, "tx-old", authorized=True, captured=10000, credited=4000)
+        [refund] = process_callback(callback)["events"]
+        assert process_callback(callback)["events"] == []
+        found = {e.id: e for e in recent_events(redis_client, "shop-eu")}
+        assert (found[refund].type, found[refund].data.sequence) == (EventType.REFUNDED, 3)
+        assert len(found) == 1  # the two old events' records are gone; no new copy of them
+
+    def test_a_payment_recorded_before_fact_marks_gets_them_from_its_events(
+            self, admin: SimulatorClient, redis_client: redis.Redis) -> None:
+        callback = netaxept(admin, "tx-legacy", authorized=True)
+        process_callback(callback)
+        [payment] = redis_client.scan_iter("payhooks:payment:*")
+        marks = [k for k in redis_client.hkeys(payment) if k.startswith(b"fact:")]
+        redis_client.hdel(payment, *marks)  # as a payment recorded by an older payhooks
+        assert process_callback(callback)["events"] == []  # known by its event record
+        assert sorted(k for k in redis_client.hkeys(payment) if k.startswith(b"fact:")) == (
+            sorted(marks))  # and marked now, for when that record expires
+
     def test_a_late_callback_reports_everything_that_happened(
             self, admin: SimulatorClient, redis_client: redis.Redis) -> None:
         callback = netaxept(admin, "tx-2", authorized=True, captured=10000, credited=10000)

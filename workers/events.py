@@ -3,13 +3,15 @@
 An event's id is a hash of the merchant, the provider, the payment and the fact's key, so
 the same fact always has the same id however often and however late it is reported. A
 callback's new facts are recorded, per payment, in one Redis transaction (WATCH on the
-events and on the payment, then MULTI/EXEC) that together: stores each event (its key is
-the deduplication record, kept `DEDUP_SECONDS`, longer than any provider retries), takes
-the payment's next `sequence`, updates the payment's running totals, adds the event to the
-listings and enqueues one delivery job per matching hook under a deterministic job id (a
-real RQ job, written from a template RQ built, as the ingress writes callback jobs). A
-worker killed anywhere leaves either all of that or none of it; running the job again
-records what is missing and nothing twice.
+events and on the payment, then MULTI/EXEC) that together: stores each event (kept
+`DEDUP_SECONDS`, longer than any provider retries), marks the fact in the payment's hash
+(kept `PAYMENT_SECONDS`, as long as the payment can change: a refund months later makes the
+provider list the whole history again, and an old fact must not come back as a new event
+with a newer `sequence`), takes the payment's next `sequence`, updates the payment's
+running totals, adds the event to the listings and enqueues one delivery job per matching
+hook under a deterministic job id (a real RQ job, written from a template RQ built, as the
+ingress writes callback jobs). A worker killed anywhere leaves either all of that or none
+of it; running the job again records what is missing and nothing twice.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ DEDUP_SECONDS = 10 * 86400  # IXOPAY retries for about 7 days 18 hours
 PAYMENT_SECONDS = 400 * 86400  # how long a payment's sequence and totals are kept
 DELIVER_EVENT = "workers.delivery.deliver_event"
 ALL_EVENTS = "payhooks:events"
+# A field `fact:<event id>` in the payment's hash marks each fact recorded for it: the
+# event's own record goes after DEDUP_SECONDS, the payment's hash lives PAYMENT_SECONDS
+FACT_MARK = "fact:"
 
 
 def _text(value: bytes | str) -> str:
@@ -123,14 +128,24 @@ def _record_payment(
                 recorded = pipe.mget(keys)
                 state = {_text(k): int(v) for k, v in pipe.hgetall(payment).items()}
                 events = []
-                for event, fact, known in zip(ids, facts, recorded, strict=True):
-                    built = None if known else _event(event, callback, fact, state)
+                unmarked = False  # a fact recorded before payments kept their facts' marks
+                for event, fact, stored in zip(ids, facts, recorded, strict=True):
+                    mark = FACT_MARK + event
+                    unmarked |= bool(stored) and mark not in state
+                    built = None if stored or mark in state else _event(
+                        event, callback, fact, state)
+                    if stored or built is not None:
+                        state[mark] = 1
                     if built is not None:
                         events.append((built, fact))
                         state["sequence"] = built.data.sequence
                         if fact.total_minor is not None:
                             state[f"total:{fact.type.status}"] = fact.total_minor
                 if not events:
+                    if unmarked:
+                        pipe.multi()
+                        _keep_state(pipe, payment, state)
+                        pipe.execute()
                     return []  # a duplicate: nothing more to read or write
                 paused = _paused_hooks(redis, callback.merchant, hooks)
                 pipe.multi()
@@ -165,9 +180,7 @@ def _event(event: str, callback: Callback, fact: Fact, state: dict[str, int]
 def _write(pipe: Pipeline, template: JobTemplate, events: list[tuple[PaymentEvent, Fact]],
            payment: str, state: dict[str, int], hooks: Sequence[HookSettings],
            callback_id: str, paused: dict[str, float]) -> None:
-    payment_state: dict[EncodableT, EncodableT] = {k: v for k, v in state.items()}
-    pipe.hset(payment, mapping=payment_state)
-    pipe.expire(payment, PAYMENT_SECONDS)
+    _keep_state(pipe, payment, state)
     queued = False
     for event, _fact in events:
         pipe.set(event_key(event.id), event.model_dump_json(), ex=DEDUP_SECONDS)
@@ -204,6 +217,12 @@ def _enqueue_delivery(pipe: Pipeline, template: JobTemplate, event: PaymentEvent
     fields["status"] = JobStatus.SCHEDULED.value
     pipe.hset(template.job_key(job_id), mapping=fields)
     pipe.zadd(f"rq:scheduled:{DELIVERIES}", {job_id: int(paused_until) + 1})
+
+
+def _keep_state(pipe: Pipeline, payment: str, state: dict[str, int]) -> None:
+    payment_state: dict[EncodableT, EncodableT] = {k: v for k, v in state.items()}
+    pipe.hset(payment, mapping=payment_state)
+    pipe.expire(payment, PAYMENT_SECONDS)
 
 
 @functools.cache
