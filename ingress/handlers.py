@@ -211,11 +211,16 @@ async def healthz(request: web.Request) -> web.Response:
     return _text(200, "ok")
 
 
+READY_PROBE = "payhooks:probe:ready"
+
+
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when Redis takes a write: a Redis at `maxmemory` answers PING and refuses
+    every callback."""
     try:
-        await request.app[app_keys.REDIS].ping()
+        await request.app[app_keys.REDIS].set(READY_PROBE, 1, ex=60)
     except (RedisError, OSError):
-        return _text(503, "redis unavailable")
+        return _text(503, "redis unavailable or refusing writes")
     return _text(200, "ready")
 
 
@@ -224,6 +229,7 @@ async def metrics(request: web.Request) -> web.Response:
     redis = request.app[app_keys.REDIS]
     store = request.app[app_keys.STORE]
     app_metrics.store_batches, app_metrics.store_jobs = store.batches, store.jobs
+    app_metrics.write_failures = store.write_failures
     try:
         pipe = redis.pipeline(transaction=False)
         pipe.hgetall(shared_metrics.KEY)

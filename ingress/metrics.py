@@ -26,6 +26,7 @@ class IngressMetrics:
         self.system: list[Metric] = []  # the workers' figures, read from Redis at each scrape
         self.store_batches = 0  # set from the JobStore at each scrape
         self.store_jobs = 0
+        self.write_failures = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -58,4 +59,8 @@ class IngressMetrics:
                                   value=self.store_batches)
         yield CounterMetricFamily("payhooks_store_jobs", "Jobs the job store wrote",
                                   value=self.store_jobs)
+        yield CounterMetricFamily(
+            "payhooks_redis_write_failures",
+            "Batches of callbacks Redis did not take (down, or refusing writes: maxmemory)",
+            value=self.write_failures)
         yield from self.system

@@ -42,6 +42,7 @@ class JobStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.jobs = 0
+        self.write_failures = 0  # batches Redis did not take (down, or refusing writes)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -94,6 +95,7 @@ class JobStore:
         try:
             await self._write([pending.job for pending in batch])
         except (RedisError, OSError) as exc:
+            self.write_failures += 1
             log.warning("redis_write_failed", error=exc.__class__.__name__, jobs=len(batch))
             _fail_all(batch, StoreUnavailable(exc.__class__.__name__))
             return

@@ -62,6 +62,7 @@ RENEW_SECONDS = 5
 SWEEP_LOCK_SECONDS = 60  # one worker sweeps a queue at a time; RQ holds the lock 15 minutes
 BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
+WRITE_PROBE = "payhooks:probe:write"  # what a worker writes to see that Redis takes writes
 _PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger("payhooks.worker")
@@ -201,8 +202,10 @@ def work(settings: Settings, burst: bool = False) -> int:
     stops because Redis went away, wait until Redis answers and start a fresh one."""
     configure_logging(settings.logging)
     _children_stop_with_us()
+    settle = 0.0  # a worker that keeps failing at once waits longer each time
     while True:
         worker = build_worker(settings)
+        started = time.monotonic()
         try:
             worker.work(burst=burst, with_scheduler=True,
                         logging_level=settings.logging.level.upper())
@@ -210,8 +213,11 @@ def work(settings: Settings, burst: bool = False) -> int:
             log.warning("worker.redis_lost", worker=worker.name, error=exc.__class__.__name__)
         if burst or worker.stopping:  # done, or asked to stop: a clean exit either way
             return 0
-        log.warning("worker.restarting", worker=worker.name)
-        if not _wait_for_redis(worker.connection):
+        lived = time.monotonic() - started
+        settle = 0.0 if lived > 2 * RECONNECT_SECONDS[1] else min(
+            max(settle * 2, RECONNECT_SECONDS[0]), RECONNECT_SECONDS[1])
+        log.warning("worker.restarting", worker=worker.name, after_s=settle)
+        if not _wait_for_redis(worker.connection, settle):
             return 0
         _let_go(worker)
 
@@ -229,8 +235,11 @@ def _let_go(worker: Worker) -> None:
             worker.scheduler.release_locks()  # type: ignore[no-untyped-call]
 
 
-def _wait_for_redis(connection: Redis) -> bool:
-    """Wait until Redis answers a PING (True), or until SIGTERM or SIGINT (False)."""
+def _wait_for_redis(connection: Redis, settle: float = 0.0) -> bool:
+    """After `settle` seconds, wait until Redis takes a write (True), or until SIGTERM or
+    SIGINT (False). A write,
+    not a PING: a Redis at `maxmemory` answers PING and refuses every write, and a worker
+    restarted at once against it would restart dozens of times a second."""
     stop = threading.Event()
 
     def stop_waiting(signum: int, frame: FrameType | None) -> None:
@@ -238,10 +247,11 @@ def _wait_for_redis(connection: Redis) -> bool:
 
     signal.signal(signal.SIGTERM, stop_waiting)
     signal.signal(signal.SIGINT, stop_waiting)
+    stop.wait(settle)
     delay = RECONNECT_SECONDS[0]
     while not stop.is_set():
         try:
-            connection.ping()
+            connection.set(WRITE_PROBE, 1, ex=60)
             return True
         except redis.RedisError:
             stop.wait(delay)
