@@ -27,7 +27,8 @@ from tests.hostile import HostileServer
 from tests.test_delivery import settings_for, work
 from tests.test_tasks import netaxept, netaxept_callback
 from workers import runtime as runtimes
-from workers.events import attempts_key, delivery_key, hook_key
+from workers.events import FACTS_PER_TRANSACTION, attempts_key, delivery_key, hook_key
+from workers.listing import recent_events
 from workers.runtime import Runtime
 from workers.tasks import process_callback
 
@@ -146,3 +147,50 @@ def test_a_payment_info_without_summary_is_a_provider_error(redis_url: str, sims
         finally:
             runtimes.install(previous)
             runtime.close()
+
+
+@pytest.mark.usefixtures("worker_runtime")
+def test_an_answer_with_thousands_of_transactions_keeps_each_redis_command_small(
+        redis_url: str, redis_client: redis.Redis, sims: Any) -> None:
+    """An answer listing 100,000 transactions made one WATCH/MGET block Redis for 47 s:
+    the facts are recorded in slices, every command of them stays small, and all are
+    recorded, in order."""
+    count = 3000
+    listed = [{"id": f"{PAYMENT}/transactions/{n:08d}-0000-0000-0000-000000000000",
+               "type": "Sale", "state": "Completed", "number": n, "amount": 100}
+              for n in range(1, count + 1)]
+    answer = {"payment": {"id": PAYMENT, "currency": "SEK",
+                          "transactions": {"transactionList": listed}}}
+    redis_client.config_set("slowlog-max-len", 100000)
+    redis_client.config_set("slowlog-log-slower-than", 0)  # every command, with its size
+    redis_client.slowlog_reset()
+    try:
+        with AnswerServer() as server:
+            server.serve([{"method": "GET", "path": PAYMENT, "json": answer}])
+            runtime = answering(redis_url, sims.url, server.url)
+            previous = runtimes.current()
+            runtimes.install(runtime)
+            try:
+                result = process_callback(stored_callback(build.payex_callback(
+                    "shop-eu", payment_id=PAYMENT), "shop-eu", "payex"))
+            finally:
+                runtimes.install(previous)
+                runtime.close()
+        log = redis_client.slowlog_get(100000)
+    finally:
+        redis_client.config_set("slowlog-log-slower-than", 10000)
+        redis_client.config_set("slowlog-max-len", 128)
+    assert len(result["events"]) == count
+    sizes = [_arguments(entry) for entry in log]
+    assert max(sizes) <= 2 * FACTS_PER_TRANSACTION + 16, max(sizes)
+    sequences = sorted(e.data.sequence for e in recent_events(redis_client, "shop-eu",
+                                                              limit=count))
+    assert sequences == list(range(1, count + 1))
+
+
+def _arguments(entry: dict[str, Any]) -> int:
+    """How many arguments a SLOWLOG entry's command had (Redis keeps 32 and counts the rest)."""
+    words = entry["command"].split()
+    if len(words) >= 4 and words[-1] == b"arguments)" and words[-4] == b"...":
+        return 31 + int(words[-3].lstrip(b"("))
+    return len(words)
