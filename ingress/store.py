@@ -43,12 +43,21 @@ class JobStore:
         self.batches = 0
         self.jobs = 0
         self.write_failures = 0  # batches Redis did not take (down, or refusing writes)
+        self._closing = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._flush_forever(), name="payhooks-job-store")
 
+    def _supervise(self) -> None:
+        """Start the flusher again if it ended (it never should): else every later
+        callback would wait forever for a write that nobody makes."""
+        if self._task is not None and self._task.done() and not self._closing:
+            log.error("job_store_restarted", pending=len(self._pending))
+            self._task = asyncio.create_task(self._flush_forever(), name="payhooks-job-store")
+
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -63,6 +72,7 @@ class JobStore:
         job = (job_id, self._template.data(argument_json), description)
         self._pending.append(_Pending(job, done))
         self._wakeup.set()
+        self._supervise()
         await done
 
     async def _write(self, jobs: list[PendingJob]) -> None:
@@ -97,6 +107,11 @@ class JobStore:
         except (RedisError, OSError) as exc:
             self.write_failures += 1
             log.warning("redis_write_failed", error=exc.__class__.__name__, jobs=len(batch))
+            _fail_all(batch, StoreUnavailable(exc.__class__.__name__))
+            return
+        except Exception as exc:  # a bug: answer this batch 503 and keep the flusher alive
+            self.write_failures += 1
+            log.exception("redis_write_failed", error=exc.__class__.__name__, jobs=len(batch))
             _fail_all(batch, StoreUnavailable(exc.__class__.__name__))
             return
         except asyncio.CancelledError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
+from ingress import app as app_keys
 from ingress.app import create_app
 from shared.settings import Settings
 from tests.conftest import make_settings
@@ -297,3 +300,21 @@ async def test_no_secret_reaches_the_queue(client: Client, redis_client: redis.R
 def test_settings_fixture_builds_every_provider(settings: Settings) -> None:
     assert list(settings.merchants["shop-eu"].providers()) == [
         "ixopay", "ifthenpay", "netaxept", "payex"]
+
+
+async def test_a_job_store_flusher_that_died_is_started_again(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    """The ingress's one Redis writer: had it ever ended, every later callback would have
+    waited forever, with /readyz at 200."""
+    store = client.app[app_keys.STORE]
+    task = store._task
+    assert task is not None
+    task.cancel()  # as if it had died of an error nobody expected
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    body = ixopay_body()
+    async with asyncio.timeout(10):  # it waited forever
+        response = await client.post(IXOPAY, data=body, headers=ixopay_headers(body, IXOPAY))
+    assert response.status == 200
+    assert len(queued_callbacks(redis_client)) == 1
