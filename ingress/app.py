@@ -62,7 +62,9 @@ def create_app(settings: Settings) -> web.Application:
         # trickles its headers is cut off after read_timeout; its body has read_timeout
         # too (handlers.py). A body left unread after the answer is drained for at most
         # read_timeout (lingering_time), then the connection is closed.
-        handler_args={"keepalive_timeout": read_timeout, "lingering_time": read_timeout},
+        # Bodies are inflated by handlers.decode_body, which stops at max_body_bytes.
+        handler_args={"keepalive_timeout": read_timeout, "lingering_time": read_timeout,
+                      "auto_decompress": False},
     )
     logging.getLogger("aiohttp.server").addFilter(_SERVER_LOG_FILTER)  # once: same object
     app[SETTINGS] = settings

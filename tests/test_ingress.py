@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
+import zlib
 from typing import Any
 
 import pytest
@@ -318,3 +320,37 @@ async def test_a_job_store_flusher_that_died_is_started_again(
         response = await client.post(IXOPAY, data=body, headers=ixopay_headers(body, IXOPAY))
     assert response.status == 200
     assert len(queued_callbacks(redis_client)) == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "x-gzip"])
+async def test_a_compressed_callback_is_inflated_and_a_bomb_stops_at_the_limit(
+    client: Client, redis_client: redis.Redis, encoding: str
+) -> None:
+    """aiohttp inflated a whole 64 KB gzip bomb (64 MiB) before its size check; we stop
+    inflating at max_body_bytes."""
+    def compress(data: bytes) -> bytes:
+        return gzip.compress(data) if "gzip" in encoding else zlib.compress(data)
+
+    body = ixopay_body()
+    headers = {**ixopay_headers(body, IXOPAY), "Content-Encoding": encoding}
+    response = await client.post(IXOPAY, data=compress(body), headers=headers)
+    assert response.status == 200
+    [callback] = queued_callbacks(redis_client)
+    assert callback.body == body
+    bomb = compress(b"\0" * (64 * 1024 * 1024))
+    assert len(bomb) < 65536  # it passes the size check as sent
+    response = await client.post(IXOPAY, data=bomb, headers=headers)
+    assert (response.status, await response.text()) == (413, "body too large")
+    assert len(queued_callbacks(redis_client)) == 1
+
+
+@pytest.mark.parametrize("encoding", ["br", "compress", "zstd", "gzip;q=1"])
+async def test_an_encoding_no_provider_uses_is_refused(
+    client: Client, redis_client: redis.Redis, encoding: str
+) -> None:
+    body = ixopay_body()
+    headers = {**ixopay_headers(body, IXOPAY), "Content-Encoding": encoding}
+    response = await client.post(IXOPAY, data=body, headers=headers)
+    assert response.status == 400
+    assert "is not one payhooks reads" in await response.text()
+    assert queued_callbacks(redis_client) == []
