@@ -232,6 +232,9 @@ class DeliverySettings(_Section):
     allow_private_networks: bool = False
     history: Duration = 30 * 86400.0  # how long attempts and dead letters are kept
     pause_after: int = Field(default=5, ge=1)  # failures in a row that pause a hook
+    # deliveries to one hook in flight at once, across all workers: a slow hook that still
+    # answers 2xx cannot take every worker from the other merchants
+    max_in_flight_per_hook: int = Field(default=4, ge=1)
 
 
 class LoggingSettings(_Section):

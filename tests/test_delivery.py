@@ -25,7 +25,7 @@ from shared.simulators.merchant import Answer, MerchantEndpoint
 from tests.helpers import HOOK_SECRET, to_toml, worker_config
 from tests.test_tasks import netaxept
 from workers import runtime as runtimes
-from workers.delivery import DEAD
+from workers.delivery import DEAD, in_flight_key
 from workers.events import attempts_key, delivery_job_id, delivery_key, hook_key
 from workers.listing import delivery_states, recent_events
 from workers.replay import dead_letters, replay
@@ -344,3 +344,33 @@ def test_a_paused_hooks_new_deliveries_wait_scheduled_for_the_end_of_the_pause(
     make_due(delivering)  # the scheduler, once the pause is over
     work(delivering)
     assert [r.headers["webhook-id"] for r in endpoint.requests_to("/orders")] == [event.id]
+
+
+def test_a_hook_takes_at_most_its_share_of_workers(
+        worker_runtime: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis, sims: Any) -> None:
+    """With every place of the hook taken (here by deliveries other workers are making),
+    a delivery to it steps aside, its attempt given back, and goes once a place is free.
+    A lease left by a worker that died lapses by itself."""
+    settings = settings_for(worker_runtime.settings.redis_url, sims.url, endpoint.url,
+                            retry_schedule=["100s", "200s"], max_in_flight_per_hook=2)
+    runtime = Runtime(settings, worker_runtime.redis, worker_runtime.http)
+    runtimes.install(runtime)
+    try:
+        slots = in_flight_key("shop-eu", "orders")
+        busy = time.time() + 60
+        redis_client.zadd(slots, {"evt_elsewhere_1": busy, "evt_elsewhere_2": busy})
+        process_callback(netaxept(admin, "d-cap", authorized=True))
+        work(runtime)
+        event = recent_events(redis_client, "shop-eu")[0]
+        job_id = delivery_job_id(event.id, "orders")
+        assert endpoint.received == []
+        assert 4 <= scheduled_in(runtime, job_id) <= 10  # a short wait
+        assert redis_client.hget(delivery_key(event.id, "orders"), "attempts") == b"0"
+        redis_client.zadd(slots, {"evt_elsewhere_2": time.time() - 1})  # its lease lapsed
+        make_due(runtime)
+        work(runtime)
+        assert [r.path for r in endpoint.received] == ["/orders"]
+        assert redis_client.zrange(slots, 0, -1) == [b"evt_elsewhere_1"]  # ours given back
+    finally:
+        runtimes.install(worker_runtime)

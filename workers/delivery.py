@@ -17,7 +17,10 @@ hook's `Retry-After` (between 1 s and 24 h): the job sets its next interval on i
 before failing, and RQ's scheduler brings it back. When the schedule is used up the
 delivery is dead-lettered: kept, with the event, for `payhooks replay`.
 
-Isolation: while a hook is failing, only one attempt to it is in flight at a time (its
+Isolation: at most `max_in_flight_per_hook` attempts to one hook are in flight at once,
+across all workers (a healthy but slow hook cannot take every worker; a delivery that finds
+every place taken steps aside for a few seconds, its attempt given back). While a hook is
+failing, only one attempt to it is in flight at a time (its
 other deliveries step aside for a moment, their attempt given back), so it occupies at
 most one worker. A hook that fails `pause_after` times in a row is paused, at first for a minute,
 doubling up to an hour. Its deliveries are not attempted while it is paused; they wait in
@@ -119,11 +122,20 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(callback_id=origin.decode())
     probing = _wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
     try:
+        slot = _take_slot(runtime.redis, merchant, hook.id, event_id, settings.delivery)
+    except HookPaused:
+        if probing:
+            runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
+        raise
+    try:
         attempt = _attempt(_client(settings.delivery), hook, event_id, body,
                            settings.delivery.timeout)
     finally:
+        pipe = runtime.redis.pipeline(transaction=False)
+        pipe.zrem(slot, event_id)
         if probing:
-            runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
+            pipe.delete(f"{hook_key(merchant, hook.id)}:probe")
+        pipe.execute()
     return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery,
                    failing=probing)
 
@@ -303,6 +315,40 @@ def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
     if not redis.set(f"{key}:probe", 1, nx=True, ex=int(settings.timeout) + 5):
         _defer(min(settings.timeout, 10.0) + random.uniform(0, 2))  # noqa: S311
     return True
+
+
+# KEYS: the hook's in-flight set; ARGV: member, now, its lease's end, the cap. Drops lapsed
+# leases (a worker killed mid-attempt), then takes a place if one is free: 1, else 0.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4])
+then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], math.ceil(ARGV[3] - ARGV[2]) + 60)
+  return 1
+end
+return 0
+"""
+
+
+def in_flight_key(merchant: str, hook: str) -> str:
+    """The deliveries to a hook in flight now, by the end of their lease."""
+    return f"{hook_key(merchant, hook)}:inflight"
+
+
+def _take_slot(redis: Redis, merchant: str, hook_id: str, event_id: str,
+               settings: DeliverySettings) -> str:
+    """One of the hook's `max_in_flight_per_hook` places, or HookPaused (a short wait, the
+    attempt given back) when every place is taken: however slow a hook is, it occupies at
+    most that many workers, and the others go on with other merchants' deliveries."""
+    key = in_flight_key(merchant, hook_id)
+    now = time.time()
+    taken = redis.register_script(_TAKE_SLOT)(
+        keys=[key], args=[event_id, now, now + settings.timeout + 5,
+                          settings.max_in_flight_per_hook])
+    if not taken:
+        _defer(min(settings.timeout, 5.0) + random.uniform(0, 2))  # noqa: S311
+    return key
 
 
 def _defer(seconds: float) -> None:
