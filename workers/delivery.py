@@ -130,12 +130,13 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     try:
         attempt = _attempt(_client(settings.delivery), hook, event_id, body,
                            settings.delivery.timeout)
+    except BaseException:  # the job's own timeout, say: give the place back all the same
+        runtime.redis.zrem(slot, event_id)
+        raise
     finally:
-        pipe = runtime.redis.pipeline(transaction=False)
-        pipe.zrem(slot, event_id)
         if probing:
-            pipe.delete(f"{hook_key(merchant, hook.id)}:probe")
-        pipe.execute()
+            runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
+    # the place is given back with the attempt's record, in the same round trip
     return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery,
                    failing=probing)
 
@@ -199,7 +200,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
              attempt: Attempt, settings: DeliverySettings, batch: metrics.Batch,
              failing: bool) -> dict[str, Any]:
     """`failing`: the hook was failing or paused when this attempt began."""
-    number = _record_attempt(redis, event_id, hook.id, attempt, settings)
+    number = _record_attempt(redis, merchant, event_id, hook.id, attempt, settings)
     outcome = {"status": attempt.status, "error": attempt.error, "attempt": number,
                "duration_ms": attempt.duration_ms, "url_host": hook.url.host}
     if attempt.ok:
@@ -250,8 +251,9 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
-def _record_attempt(redis: Redis, event_id: str, hook_id: str, attempt: Attempt,
-                    settings: DeliverySettings) -> int:
+def _record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
+                    attempt: Attempt, settings: DeliverySettings) -> int:
+    """Record the attempt and give back its place among the hook's attempts in flight."""
     key = attempts_key(event_id, hook_id)
     entry = orjson.dumps({"at": attempt.at, "status": attempt.status, "error": attempt.error,
                           "duration_ms": attempt.duration_ms})
@@ -259,7 +261,8 @@ def _record_attempt(redis: Redis, event_id: str, hook_id: str, attempt: Attempt,
     pipe.rpush(key, entry)
     pipe.expire(key, int(settings.history))
     pipe.hincrby(delivery_key(event_id, hook_id), "attempts", 1)
-    _, _, number = pipe.execute()
+    pipe.zrem(in_flight_key(merchant, hook_id), event_id)
+    _, _, number, _ = pipe.execute()
     return int(number)
 
 
