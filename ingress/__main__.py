@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 
+import structlog
 from aiohttp import web
 
 from ingress.app import create_app
@@ -15,6 +16,7 @@ from shared.settings import Settings
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     """Run the ingress until SIGINT or SIGTERM; in-flight callbacks finish first."""
     configure_logging(settings.logging, buffered=True, contextvars=False)
+    raise_file_limit()
     try:
         import uvloop
     except ImportError:  # not on this platform: the standard loop works, only slower
@@ -32,6 +34,29 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         shutdown_timeout=10.0,
         loop=loop_factory() if loop_factory else None,
     )
+
+
+FILE_LIMIT_CEILING = 1 << 20  # when the hard limit is unlimited
+
+
+def raise_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit: with the usual
+    soft limit of 1024, 1,100 idle connections locked genuine callbacks out. The new soft
+    limit (for the log and the tests); the hard limit is the operator's (README)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FILE_LIMIT_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    structlog.get_logger("payhooks.ingress").info("ingress.file_limit", soft=soft, hard=hard)
+    return int(soft)
 
 
 async def _tune_gc(app: web.Application) -> None:
