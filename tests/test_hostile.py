@@ -8,7 +8,9 @@ memory without bound.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -61,20 +63,12 @@ def test_an_endless_answer_is_a_provider_error_after_the_limit() -> None:
 def test_a_dripping_netaxept_query_frees_the_worker_within_the_deadline(
         redis_url: str, redis_client: redis.Redis, sims: Any) -> None:
     """The callback job ends as a retry by the deadline, not by RQ's job timeout (122 s)."""
-    config = worker_config(redis_url, sims.url)
-    with HostileServer("drip", interval=0.5, lifetime=PROVIDER_DEADLINE + 20) as drip:
-        config["merchants"]["shop-eu"]["netaxept"]["base_url"] = drip.url
-        runtime = Runtime.from_settings(settings_from_dict(config, environ={}))
-        previous = runtimes.current()
-        runtimes.install(runtime)
-        try:
-            started = time.monotonic()
-            with pytest.raises(ProviderUnavailable, match="timed out"):
-                process_callback(netaxept_callback("tx-dripping"))
-            assert time.monotonic() - started < PROVIDER_DEADLINE + 2
-        finally:
-            runtimes.install(previous)
-            runtime.close()
+    with (HostileServer("drip", interval=0.5, lifetime=PROVIDER_DEADLINE + 20) as drip,
+          answering(redis_url, sims.url, drip.url)):
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            process_callback(netaxept_callback("tx-dripping"))
+        assert time.monotonic() - started < PROVIDER_DEADLINE + 2
 
 
 def test_a_dripping_hook_is_a_timeout_that_counts_toward_its_pause(
@@ -101,12 +95,20 @@ def test_a_dripping_hook_is_a_timeout_that_counts_toward_its_pause(
     assert redis_client.hget(hook_key("shop-eu", "orders"), "failures") == b"1"
 
 
-def answering(redis_url: str, sims_url: str, base_url: str) -> Runtime:
-    """The runtime of shop-eu with its Netaxept and PayEx APIs at `base_url`."""
+@contextlib.contextmanager
+def answering(redis_url: str, sims_url: str, base_url: str) -> Iterator[Runtime]:
+    """Jobs in this process run with shop-eu's Netaxept and PayEx APIs at `base_url`."""
     config = worker_config(redis_url, sims_url)
     for provider in ("netaxept", "payex"):
         config["merchants"]["shop-eu"][provider]["base_url"] = base_url
-    return Runtime.from_settings(settings_from_dict(config, environ={}))
+    runtime = Runtime.from_settings(settings_from_dict(config, environ={}))
+    previous = runtimes.current()
+    runtimes.install(runtime)
+    try:
+        yield runtime
+    finally:
+        runtimes.install(previous)
+        runtime.close()
 
 
 PAYMENT = "/psp/creditcard/payments/5adc265f-f87f-4313-577e-08d3dca1a26c"
@@ -117,36 +119,22 @@ PAYMENT = "/psp/creditcard/payments/5adc265f-f87f-4313-577e-08d3dca1a26c"
 @pytest.mark.usefixtures("worker_runtime")
 def test_an_answer_of_the_wrong_shape_is_a_logged_retry(
         redis_url: str, sims: Any, answer: Any) -> None:
-    with AnswerServer() as server:
+    with AnswerServer() as server, answering(redis_url, sims.url, server.url):
         server.serve([{"method": "GET", "path": PAYMENT, "json": answer}])
-        runtime = answering(redis_url, sims.url, server.url)
-        previous = runtimes.current()
-        runtimes.install(runtime)
-        try:
-            with capture_logs() as logs, pytest.raises(ProviderUnavailable):
-                process_callback(stored_callback(build.payex_callback(
-                    "shop-eu", payment_id=PAYMENT), "shop-eu", "payex"))
-        finally:
-            runtimes.install(previous)
-            runtime.close()
+        with capture_logs() as logs, pytest.raises(ProviderUnavailable):
+            process_callback(stored_callback(build.payex_callback(
+                "shop-eu", payment_id=PAYMENT), "shop-eu", "payex"))
     [line] = [entry for entry in logs if entry["event"] == "callback_processed"]
     assert line["outcome"] == "retry"
 
 
 @pytest.mark.usefixtures("worker_runtime")
 def test_a_payment_info_without_summary_is_a_provider_error(redis_url: str, sims: Any) -> None:
-    with AnswerServer() as server:
+    with AnswerServer() as server, answering(redis_url, sims.url, server.url):
         server.serve([{"method": "GET", "path": "/Netaxept/Query.aspx",
                        "text": "<PaymentInfo/>", "content_type": "text/xml"}])
-        runtime = answering(redis_url, sims.url, server.url)
-        previous = runtimes.current()
-        runtimes.install(runtime)
-        try:
-            with pytest.raises(ProviderUnavailable, match="without Summary"):
-                process_callback(netaxept_callback("tx-empty"))
-        finally:
-            runtimes.install(previous)
-            runtime.close()
+        with pytest.raises(ProviderUnavailable, match="without Summary"):
+            process_callback(netaxept_callback("tx-empty"))
 
 
 @pytest.mark.usefixtures("worker_runtime")
@@ -165,17 +153,10 @@ def test_an_answer_with_thousands_of_transactions_keeps_each_redis_command_small
     redis_client.config_set("slowlog-log-slower-than", 0)  # every command, with its size
     redis_client.slowlog_reset()
     try:
-        with AnswerServer() as server:
+        with AnswerServer() as server, answering(redis_url, sims.url, server.url):
             server.serve([{"method": "GET", "path": PAYMENT, "json": answer}])
-            runtime = answering(redis_url, sims.url, server.url)
-            previous = runtimes.current()
-            runtimes.install(runtime)
-            try:
-                result = process_callback(stored_callback(build.payex_callback(
-                    "shop-eu", payment_id=PAYMENT), "shop-eu", "payex"))
-            finally:
-                runtimes.install(previous)
-                runtime.close()
+            result = process_callback(stored_callback(build.payex_callback(
+                "shop-eu", payment_id=PAYMENT), "shop-eu", "payex"))
         log = redis_client.slowlog_get(100000)
     finally:
         redis_client.config_set("slowlog-log-slower-than", 10000)
