@@ -6,7 +6,9 @@ job queued since its last round trip and writes them with one call of the enqueu
 script's reply is read before anyone is answered, and an error reply fails the batch. Under
 load a batch holds all the callbacks that arrived during the previous round trip, so Redis
 sees a few large writes instead of thousands of small ones. Nothing is acknowledged before
-Redis has answered for the batch that holds the job.
+Redis has answered for the batch that holds the job, and nobody waits longer than
+`STORE_DEADLINE`: when Redis stalls, each waiting callback gets its 503 on time, instead
+of after every batch queued before it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ class _Pending:
     done: asyncio.Future[None] = field(repr=False)
 
 
+STORE_DEADLINE = 2.0  # seconds from a callback's arrival at the store to its answer
+
+
 class JobStore:
-    def __init__(self, redis: Redis, template: JobTemplate, max_batch: int = 512) -> None:
+    def __init__(self, redis: Redis, template: JobTemplate, max_batch: int = 512,
+                 deadline: float = STORE_DEADLINE) -> None:
         self._pool = redis.connection_pool
         self._template = template
         self._max_batch = max_batch
@@ -42,6 +48,7 @@ class JobStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.jobs = 0
+        self._deadline = deadline
         self.write_failures = 0  # batches Redis did not take (down, or refusing writes)
         self._closing = False
 
@@ -70,10 +77,21 @@ class JobStore:
         assert self._loop is not None, "JobStore.start() was not awaited"
         done: asyncio.Future[None] = self._loop.create_future()
         job = (job_id, self._template.data(argument_json), description)
-        self._pending.append(_Pending(job, done))
+        pending = _Pending(job, done)
+        self._pending.append(pending)
         self._wakeup.set()
         self._supervise()
-        await done
+        try:
+            async with asyncio.timeout(self._deadline):
+                await done
+        except TimeoutError:
+            # Redis stalls: answer 503 now, not after every batch before this one. A job
+            # not sent yet is taken back (never stored); one in flight may still be
+            # stored, and the provider's retry of it is a duplicate, which collapses.
+            with contextlib.suppress(ValueError):
+                self._pending.remove(pending)
+            raise StoreUnavailable(f"Redis did not take it within {self._deadline:g} s"
+                                   ) from None
 
     async def _write(self, jobs: list[PendingJob]) -> None:
         """Send the batch as one EVALSHA that the template encoded (redis-py's encoder took a
