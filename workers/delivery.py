@@ -320,14 +320,17 @@ def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
     return True
 
 
-# KEYS: the hook's in-flight set; ARGV: member, now, its lease's end, the cap. Drops lapsed
-# leases (a worker killed mid-attempt), then takes a place if one is free: 1, else 0.
+# KEYS: the hook's in-flight set; ARGV: member, lease seconds, the cap. Drops lapsed leases
+# (a worker killed mid-attempt), then takes a place if one is free: 1, else 0. Leases are
+# timed by Redis's clock, not by the workers' hosts, whose clocks may disagree.
 _TAKE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3])
 then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], math.ceil(ARGV[3] - ARGV[2]) + 60)
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
   return 1
 end
 return 0
@@ -345,10 +348,8 @@ def _take_slot(redis: Redis, merchant: str, hook_id: str, event_id: str,
     attempt given back) when every place is taken: however slow a hook is, it occupies at
     most that many workers, and the others go on with other merchants' deliveries."""
     key = in_flight_key(merchant, hook_id)
-    now = time.time()
     taken = redis.register_script(_TAKE_SLOT)(
-        keys=[key], args=[event_id, now, now + settings.timeout + 5,
-                          settings.max_in_flight_per_hook])
+        keys=[key], args=[event_id, settings.timeout + 5, settings.max_in_flight_per_hook])
     if not taken:
         _defer(min(settings.timeout, 5.0) + random.uniform(0, 2))  # noqa: S311
     return key
