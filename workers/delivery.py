@@ -20,10 +20,10 @@ delivery is dead-lettered: kept, with the event, for `payhooks replay`.
 Isolation: at most `max_in_flight_per_hook` attempts to one hook are in flight at once,
 across all workers (a healthy but slow hook cannot take every worker; a delivery that finds
 every place taken steps aside for a few seconds, its attempt given back). While a hook is
-failing, only one attempt to it is in flight at a time (its
-other deliveries step aside for a moment, their attempt given back), so it occupies at
-most one worker. A hook that fails `pause_after` times in a row is paused, at first for a minute,
-doubling up to an hour. Its deliveries are not attempted while it is paused; they wait in
+failing, only one attempt to it is in flight at a time (its other deliveries step aside
+for a moment, their attempt given back), so it occupies at most one worker. A hook that
+fails `pause_after` times in a row is paused, at first for a minute, doubling up to an
+hour. Its deliveries are not attempted while it is paused; they wait in
 RQ's scheduled registry, with their attempt given back, and come back when the pause ends.
 Then one of them probes the hook: a success resumes it, a failure pauses it again. So a
 dead endpoint costs the workers a few timeouts per pause, not one per delivery, and
