@@ -182,19 +182,23 @@ def send(client: httpx.Client, method: str, url: str, what: str, *,
                               request=streamed.request)
     if response.status_code == 429 or response.status_code >= 500:
         raise ProviderUnavailable(
-            f"{what}: HTTP {response.status_code}", retry_after=_retry_after(response)
+            f"{what}: HTTP {response.status_code}",
+            retry_after=retry_after(response.headers.get("Retry-After"))
         )
     return response
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def retry_after(value: str | None) -> float | None:
+    """A `Retry-After` header as seconds from now: delay-seconds or an HTTP date; None for
+    anything else (`nan`, `inf`, `soon`), which is no advice."""
     if value is None:
         return None
     if value.strip().isdigit():
         return float(value)
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())

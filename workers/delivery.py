@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from rq.job import Job
 from shared import metrics
 from shared.errors import PayhooksError
 from shared.http import REFUSED, deadline, make_delivery_client
+from shared.http import retry_after as parse_retry_after
 from shared.queue import DEAD_LETTERS
 from shared.settings import DeliverySettings, HookSettings
 from workers import runtime as runtimes
@@ -174,7 +174,7 @@ def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: byte
                 if received >= RESPONSE_LIMIT:
                     break
             status = response.status_code
-            retry_after = _retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
     except httpx.ConnectError as exc:  # httpx wraps our PrivateAddressRefused in its own
         error = str(exc) if str(exc).startswith(REFUSED) else "could not connect"
     except httpx.TimeoutException:
@@ -234,21 +234,6 @@ def _next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | 
         return min(max(retry_after, RETRY_AFTER_BOUNDS[0]), RETRY_AFTER_BOUNDS[1])
     step = schedule[min(attempt, len(schedule)) - 1] if schedule else 60.0
     return step * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-        return seconds if math.isfinite(seconds) else None  # "nan", "inf": no advice
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
 
 
 def _record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
