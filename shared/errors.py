@@ -11,6 +11,9 @@
       StoreUnavailable       - Redis did not take the job (HTTP 503, the provider retries)
       UnsupportedEvent       - verified, but nothing we deliver: the worker logs it, no event
       ProviderUnavailable    - a follow-up query timed out, got 5xx or 429: RQ retries the job
+        ProviderBusy         - our own limit on follow-ups is reached (the budget a minute, or
+                               the requests in flight to that API): RQ runs the job again
+                               soon, without counting it as an attempt
       ProviderRejected       - a follow-up query got a permanent answer (unknown transaction,
                                bad credentials): the job ends failed, with the reason logged
 
@@ -89,6 +92,10 @@ class ProviderUnavailable(PayhooksError):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class ProviderBusy(ProviderUnavailable):
+    """No request was made: payhooks's own limit on follow-ups to this API is reached."""
 
 
 class ProviderRejected(PayhooksError):

@@ -43,7 +43,10 @@ CALLBACK_JOB_OPTIONS: dict[str, Any] = {
     "timeout": 120,
     "result_ttl": 600,
     "failure_ttl": 30 * 86400,  # keep failed callbacks a month, to inspect and requeue
-    "retry": Retry(max=12, interval=[10, 30, 60, 300, 900, 1800, 3600]),
+    # one interval per retry: RQ takes the interval at index len(intervals) - retries_left,
+    # so a shorter list would use its first step for the first retries, not its last for
+    # the last ones (10 s six times, then up: under two hours in all instead of eight)
+    "retry": Retry(max=12, interval=[10, 30, 60, 300, 900, 1800, *[3600] * 6]),
 }
 
 # ARGV: queues key, queue key, job key prefix, number of constant field pairs N, the N

@@ -73,6 +73,10 @@ class _ProviderSection(_Section):
     # of forged callbacks (Netaxept's and PayEx's carry no proof) cannot spend the merchant's
     # API quota; beyond it, callbacks wait and are retried.
     max_follow_ups_per_minute: int = Field(default=600, ge=1)
+    # Follow-up queries in flight at once to this provider's base URL (scheme, host and
+    # port), across all workers: an API that answers slowly, or drips its answer, holds at
+    # most this many workers; the other callbacks wait a few seconds, no attempt spent.
+    max_follow_ups_in_flight: int = Field(default=4, ge=1)
 
 
 class IxopaySettings(_ProviderSection):

@@ -8,15 +8,21 @@ import tomllib
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import redis
 from pydantic import BaseModel, SecretStr
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
 
 from shared import dev
 from shared.models import Callback
 from shared.providers import ixopay
+from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
 from shared.settings import Settings, settings_from_dict
 
 IXOPAY_SECRET = "ixopay-shared-secret-for-tests"
@@ -162,6 +168,25 @@ def stored_callback(outgoing: Any, merchant: str, provider: str) -> dict[str, An
         uri=accepted.uri, headers=accepted.headers, body=incoming.body, source="127.0.0.1",
         received_at=utcnow(), reference=accepted.reference))
     return data
+
+
+def run_callback_job(client: redis.Redis, callback: dict[str, Any]) -> tuple[Job, datetime]:
+    """Enqueue the callback as the ingress does (its job options) and have a real RQ worker
+    run it once; the job afterwards, and when the worker was done."""
+    queue = Queue(CALLBACKS, connection=client, serializer=JSONSerializer)
+    job = queue.enqueue(PROCESS_CALLBACK, callback, job_timeout=60,
+                        retry=CALLBACK_JOB_OPTIONS["retry"])
+    SimpleWorker([queue], connection=client, serializer=JSONSerializer).work(
+        burst=True, with_scheduler=False)
+    finished = datetime.now(UTC)
+    job.refresh()
+    return job, finished
+
+
+def seconds_until_due(client: redis.Redis, job: Job, since: datetime) -> float:
+    """How long after `since` RQ's scheduler brings the job back."""
+    registry = ScheduledJobRegistry(job.origin, connection=client, serializer=JSONSerializer)
+    return (registry.get_scheduled_time(job) - since).total_seconds()
 
 
 def to_toml(table: dict[str, Any], prefix: str = "") -> str:

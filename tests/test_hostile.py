@@ -9,6 +9,7 @@ memory without bound.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,18 +21,19 @@ from structlog.testing import capture_logs
 
 from shared.errors import ProviderUnavailable
 from shared.http import PROVIDER_ANSWER_LIMIT, PROVIDER_DEADLINE, make_client, send
+from shared.queue import CALLBACK_JOB_OPTIONS
 from shared.settings import settings_from_dict
 from shared.simulators import callbacks as build
 from shared.simulators.client import SimulatorClient
 from tests.conformance.harness import AnswerServer
-from tests.helpers import stored_callback, worker_config
+from tests.helpers import run_callback_job, seconds_until_due, stored_callback, worker_config
 from tests.hostile import HostileServer
 from tests.test_delivery import settings_for, work
 from tests.test_tasks import netaxept, netaxept_callback
 from workers import runtime as runtimes
 from workers.events import FACTS_PER_TRANSACTION, attempts_key, delivery_key, hook_key
 from workers.listing import recent_events
-from workers.runtime import Runtime
+from workers.runtime import BUSY_WAIT, Runtime
 from workers.tasks import process_callback
 
 
@@ -95,12 +97,43 @@ def test_a_dripping_hook_is_a_timeout_that_counts_toward_its_pause(
     assert redis_client.hget(hook_key("shop-eu", "orders"), "failures") == b"1"
 
 
+@pytest.mark.usefixtures("worker_runtime")
+def test_a_dripping_provider_holds_no_more_workers_than_its_share(
+        redis_url: str, redis_client: redis.Redis, sims: Any) -> None:
+    """With `max_follow_ups_in_flight = 1`, while one callback waits on a dripping Netaxept
+    API, the next one to that API is not sent: its job, run by a real RQ worker, steps aside
+    for a few seconds and keeps every attempt of its schedule."""
+    with (HostileServer("drip", interval=0.3, lifetime=4) as drip,
+          answering(redis_url, sims.url, drip.url, in_flight=1)):
+        def wait_on_the_drip() -> None:
+            with contextlib.suppress(ProviderUnavailable):
+                process_callback(netaxept_callback("tx-drip-1"))
+
+        first = threading.Thread(target=wait_on_the_drip)
+        first.start()
+        try:
+            deadline = time.monotonic() + 3
+            while drip.requests < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            started = time.monotonic()
+            job, finished = run_callback_job(redis_client, netaxept_callback("tx-drip-2"))
+            took, requests_meanwhile = time.monotonic() - started, drip.requests
+        finally:
+            first.join(10)
+    assert requests_meanwhile == 1 and took < 2
+    assert job.get_status() == "scheduled"
+    assert job.retries_left == CALLBACK_JOB_OPTIONS["retry"].max  # no attempt spent
+    assert 1 <= seconds_until_due(redis_client, job, finished) <= 2 * BUSY_WAIT + 1
+
+
 @contextlib.contextmanager
-def answering(redis_url: str, sims_url: str, base_url: str) -> Iterator[Runtime]:
+def answering(redis_url: str, sims_url: str, base_url: str, in_flight: int = 4
+              ) -> Iterator[Runtime]:
     """Jobs in this process run with shop-eu's Netaxept and PayEx APIs at `base_url`."""
     config = worker_config(redis_url, sims_url)
     for provider in ("netaxept", "payex"):
         config["merchants"]["shop-eu"][provider]["base_url"] = base_url
+        config["merchants"]["shop-eu"][provider]["max_follow_ups_in_flight"] = in_flight
     runtime = Runtime.from_settings(settings_from_dict(config, environ={}))
     previous = runtimes.current()
     runtimes.install(runtime)

@@ -92,3 +92,17 @@ def test_the_ingress_encoding_is_the_same_call_as_script_args() -> None:
     stamp = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
     expected = resp_command("EVALSHA", ENQUEUE_SCRIPT_SHA, 0, *template.script_args(jobs))
     assert stamp.sub(b"T", template.evalsha_command(jobs)) == stamp.sub(b"T", expected)
+
+
+def test_a_callback_is_retried_on_the_documented_schedule() -> None:
+    """The intervals RQ's own `get_retry_interval` gives at each retry of a callback job:
+    10 s, 30 s, 1 min, 5 min, 15 min, 30 min, then hourly, 12 tries in about 7 hours (the
+    README). A list shorter than `max` was used from its first step: 10 s six times."""
+    job = Job.create(PROCESS_CALLBACK, args=[{}], connection=redis.Redis(),
+                     retry=CALLBACK_JOB_OPTIONS["retry"])
+    waits = []
+    while job.retries_left:
+        waits.append(job.get_retry_interval())
+        job.retries_left -= 1
+    assert waits == [10, 30, 60, 300, 900, 1800, 3600, 3600, 3600, 3600, 3600, 3600]
+    assert 6.5 * 3600 < sum(waits) < 7 * 3600

@@ -25,6 +25,7 @@ from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
 from shared.settings import settings_from_dict
 from shared.simulators import callbacks as build
 from shared.simulators.client import SimulatorClient
+from tests.conformance.harness import AnswerServer
 from tests.helpers import (
     IFTHENPAY_KEY,
     IXOPAY_SECRET,
@@ -32,6 +33,8 @@ from tests.helpers import (
     NETAXEPT_USER,
     ixopay_headers,
     raw,
+    run_callback_job,
+    seconds_until_due,
     stored_callback,
     worker_config,
 )
@@ -396,6 +399,33 @@ def test_a_flood_of_callbacks_cannot_spend_the_merchants_api_quota(
     with pytest.raises(ProviderUnavailable, match="a minute already used"):
         process_callback(genuine)  # waits for the next minute: retried, not dropped
     assert admin.stats()["requests"]["netaxept"] == 3
+    # as a job: back at the start of the next minute, by Redis's clock, with every attempt
+    # of its schedule left (the provider was not asked, so a long flood cannot use them up)
+    job, finished = run_callback_job(redis_client, genuine)
+    assert job.get_status() == "scheduled"
+    assert job.retries_left == CALLBACK_JOB_OPTIONS["retry"].max
+    wait = seconds_until_due(redis_client, job, finished)
+    past_the_minute = (finished.timestamp() + wait) % 60  # this Redis shares our clock
+    assert 0 < wait <= 61 and min(past_the_minute, 60 - past_the_minute) <= 2
+
+
+def test_a_providers_retry_after_sets_when_the_callback_is_tried_again(
+        worker_runtime: Runtime, redis_client: redis.Redis, sims: Any) -> None:
+    """A 429 with Retry-After: the next try comes then, and the schedule after it is the
+    callback job's own."""
+    answers = [{"path": "/Netaxept/Query.aspx", "status": 429, "headers": {"Retry-After": "600"},
+                "text": "slow down"}]
+    with AnswerServer(answers) as provider:
+        config = worker_config(worker_runtime.settings.redis_url, sims.url)
+        config["merchants"]["shop-eu"]["netaxept"]["base_url"] = provider.url
+        runtimes.install(Runtime(settings_from_dict(config, environ={}), worker_runtime.redis,
+                                 worker_runtime.http))
+        job, finished = run_callback_job(redis_client, netaxept_callback("tx-429"))
+    schedule = CALLBACK_JOB_OPTIONS["retry"]
+    assert job.get_status() == "scheduled" and job.retries_left == schedule.max - 1
+    assert 598 <= seconds_until_due(redis_client, job, finished) <= 601
+    assert (job.retry_intervals or [])[1:] == [schedule.intervals[max(len(schedule.intervals) - left, 0)]
+                                       for left in range(schedule.max - 1, 0, -1)]
 
 
 def test_only_requests_to_the_provider_spend_the_follow_up_budget(

@@ -48,7 +48,7 @@ from redis.typing import EncodableT
 from rq import get_current_job
 from rq.job import Job
 
-from shared import metrics
+from shared import metrics, slots
 from shared.errors import PayhooksError
 from shared.http import REFUSED, deadline, make_delivery_client
 from shared.http import retry_after as parse_retry_after
@@ -131,7 +131,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         attempt = _attempt(_client(settings.delivery), hook, event_id, body,
                            settings.delivery.timeout)
     except BaseException:  # the job's own timeout, say: give the place back all the same
-        runtime.redis.zrem(slot, event_id)
+        slots.give_back(runtime.redis, slot, event_id)
         raise
     finally:
         if probing:
@@ -305,23 +305,6 @@ def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
     return True
 
 
-# KEYS: the hook's in-flight set; ARGV: member, lease seconds, the cap. Drops lapsed leases
-# (a worker killed mid-attempt), then takes a place if one is free: 1, else 0. Leases are
-# timed by Redis's clock, not by the workers' hosts, whose clocks may disagree.
-_TAKE_SLOT = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3])
-then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
-  return 1
-end
-return 0
-"""
-
-
 def in_flight_key(merchant: str, hook: str) -> str:
     """The deliveries to a hook in flight now, by the end of their lease."""
     return f"{hook_key(merchant, hook)}:inflight"
@@ -333,9 +316,8 @@ def _take_slot(redis: Redis, merchant: str, hook_id: str, event_id: str,
     attempt given back) when every place is taken: however slow a hook is, it occupies at
     most that many workers, and the others go on with other merchants' deliveries."""
     key = in_flight_key(merchant, hook_id)
-    taken = redis.register_script(_TAKE_SLOT)(
-        keys=[key], args=[event_id, settings.timeout + 5, settings.max_in_flight_per_hook])
-    if not taken:
+    if not slots.take(redis, key, event_id, settings.timeout + 5,
+                      settings.max_in_flight_per_hook):
         _defer(min(settings.timeout, 5.0) + random.uniform(0, 2))  # noqa: S311
     return key
 

@@ -8,19 +8,35 @@ client for the life of the process keeps provider connections alive across jobs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import time
-from dataclasses import dataclass, field
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import httpx
 from redis import Redis
 
-from shared.errors import ProviderUnavailable
-from shared.http import make_client
+from shared import slots
+from shared.errors import ProviderBusy
+from shared.http import PROVIDER_DEADLINE, make_client
 from shared.providers import build_providers
 from shared.providers.base import FollowUp, Provider
 from shared.settings import Settings, load_settings
+
+BUSY_WAIT = 2.0  # seconds (to twice that) before a callback tries again for a place in flight
+
+# KEYS: the budget's key. Counts one request in the current minute by Redis's clock; returns
+# the count and the seconds left in the minute.
+_SPEND = """
+local now = tonumber(redis.call('TIME')[1])
+local window = KEYS[1] .. ':' .. math.floor(now / 60)
+local used = redis.call('INCR', window)
+redis.call('EXPIRE', window, 120)
+return {used, 60 - now % 60}
+"""
 
 
 @dataclass
@@ -41,24 +57,39 @@ class Runtime:
         return cls(settings, redis, http or make_client())
 
     def follow_up_context(self, key: str | None = None, per_minute: int = 0,
-                          received_at: datetime | None = None) -> FollowUp:
-        """The context of a follow-up; with `key`, its requests share that budget."""
-        if key is None:
-            return FollowUp(http=self.http, limit=self.limit, received_at=received_at)
-        return FollowUp(http=self.http, limit=self.limit, received_at=received_at,
-                        spend=functools.partial(self.limit, key, per_minute))
+                          received_at: datetime | None = None,
+                          in_flight: int = 0) -> FollowUp:
+        """The context of a follow-up; with `key`, its requests share that budget a minute;
+        with `in_flight`, at most that many are in flight to one base URL at once."""
+        context = FollowUp(http=self.http, limit=self.limit, received_at=received_at)
+        if key is not None:
+            context = replace(context, spend=functools.partial(self.limit, key, per_minute))
+        if in_flight:
+            context = replace(context, occupy=functools.partial(self.occupy, in_flight))
+        return context
 
     def limit(self, key: str, per_minute: int) -> None:
-        """A fixed one-minute window shared by every worker: ProviderUnavailable when spent."""
-        now = time.time()
-        window = f"payhooks:ratelimit:{key}:{int(now // 60)}"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.incr(window)
-        pipe.expire(window, 120)
-        used, _ = pipe.execute()
+        """A fixed one-minute window shared by every worker, timed by Redis's clock (the
+        workers' hosts may disagree): ProviderBusy when spent."""
+        used, left = self.redis.register_script(_SPEND)(keys=[f"payhooks:ratelimit:{key}"])
         if int(used) > per_minute:
-            raise ProviderUnavailable(f"{key}: {per_minute} requests a minute already used",
-                                      retry_after=60 - now % 60)
+            raise ProviderBusy(f"{key}: {per_minute} requests a minute already used",
+                               retry_after=float(left))
+
+    @contextlib.contextmanager
+    def occupy(self, cap: int, url: str) -> Iterator[None]:
+        """One of `cap` places among the follow-ups in flight to the URL's scheme, host and
+        port, for the request's duration (shared.slots); ProviderBusy when all are taken."""
+        parsed = httpx.URL(url)
+        key = f"payhooks:inflight:{parsed.scheme}://{parsed.netloc.decode()}"
+        member = uuid.uuid4().hex
+        if not slots.take(self.redis, key, member, PROVIDER_DEADLINE + 5, cap):
+            raise ProviderBusy(f"{parsed.host}: {cap} follow-up queries already in flight",
+                               retry_after=BUSY_WAIT * random.uniform(1, 2))  # noqa: S311
+        try:
+            yield
+        finally:
+            slots.give_back(self.redis, key, member)
 
     def close(self) -> None:
         self.http.close()

@@ -12,7 +12,9 @@ Outcomes, each ending in one `callback_processed` log line:
   (workers/unsupported.py: `payhooks events --unsupported`, `payhooks replay --unsupported`);
 - retry: the provider could not answer now, or its answer does not list yet the
   transaction the callback names; the job fails and RQ retries it on the callback job's
-  schedule (shared/queue.py), as long as a worker runs the scheduler;
+  schedule (shared/queue.py), or after the provider's Retry-After (at most an hour), as
+  long as a worker runs the scheduler. When our own limit stopped the request (the budget
+  a minute, the follow-ups in flight to that API), no attempt is spent;
 - rejected: a permanent answer (unknown transaction, bad credentials, the merchant or
   provider is no longer configured), or a stored callback the provider module refuses on
   its second look (a PayEx path not of the documented form); the job ends in the failed
@@ -31,6 +33,7 @@ from rq import get_current_job
 from shared import metrics
 from shared.errors import (
     CallbackRejected,
+    ProviderBusy,
     ProviderRejected,
     ProviderUnavailable,
     UnsupportedEvent,
@@ -41,6 +44,7 @@ from workers import unsupported
 from workers.events import record
 
 log = structlog.get_logger("payhooks.worker")
+RETRY_AFTER_MAX = 3600  # the longest a provider's Retry-After delays a callback
 
 
 def process_callback(callback_data: dict[str, Any]) -> dict[str, Any]:
@@ -65,9 +69,11 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
         provider = runtime.providers.get(callback.merchant, {}).get(callback.provider)
         if merchant is None or provider is None:
             raise ProviderRejected("the merchant or provider is no longer configured")
-        budget = merchant.providers()[callback.provider].max_follow_ups_per_minute
+        section = merchant.providers()[callback.provider]
         context = runtime.follow_up_context(
-            f"followup:{callback.merchant}:{callback.provider}", budget, callback.received_at)
+            f"followup:{callback.merchant}:{callback.provider}",
+            section.max_follow_ups_per_minute, callback.received_at,
+            in_flight=section.max_follow_ups_in_flight)
         asked = time.perf_counter()
         try:
             facts = provider.follow_up(callback, context)
@@ -86,7 +92,9 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
         _done(batch, callback, "unsupported", started, reason=str(exc), level="warning")
         return {"events": [], "unsupported": str(exc)}
     except ProviderUnavailable as exc:
-        batch.count("followup_errors", callback.provider, "unavailable")
+        busy = isinstance(exc, ProviderBusy)
+        _retry_next(exc.retry_after, free=busy)
+        batch.count("followup_errors", callback.provider, "busy" if busy else "unavailable")
         _done(batch, callback, "retry", started, reason=str(exc), level="warning")
         raise
     # CallbackRejected: a stored callback that the provider module's own checks refuse
@@ -102,6 +110,24 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
     _done(batch, callback, "recorded", started, facts=len(facts),
           new_events=[e.id for e in events], types=[e.type.value for e in events])
     return {"events": [e.id for e in events], "facts": len(facts)}
+
+
+def _retry_next(seconds: float | None, free: bool) -> None:
+    """Have RQ run the job again after `seconds` (a provider's Retry-After, or our own wait
+    for a place), the rest of its schedule unchanged; `free`: no request was made, so no
+    attempt is spent."""
+    job = get_current_job()
+    if job is None or not job.retries_left:
+        return
+    if free:
+        job.retries_left += 1
+    if seconds is None:
+        return
+    schedule, left = list(job.retry_intervals or [0]), job.retries_left
+    # RQ takes the interval at index len(schedule) - retries_left (at least 0): spell the
+    # schedule out, one step per retry left, with this one first
+    later = [schedule[max(len(schedule) - (left - step), 0)] for step in range(1, left)]
+    job.retry_intervals = [max(1, min(round(seconds), RETRY_AFTER_MAX)), *later]
 
 
 def _done(batch: metrics.Batch, callback: Callback, outcome: str, started: float,

@@ -23,8 +23,10 @@ that map to no event, or that a proven sender sent in a form payhooks cannot rea
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
@@ -79,22 +81,30 @@ def _unlimited() -> None:
     pass
 
 
+def _anywhere(url: str) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
 @dataclass(frozen=True, slots=True)
 class FollowUp:
     """What a provider's follow_up may use: an HTTP client and a shared rate limiter.
-    Every request goes through `send`, which first takes one from the merchant's budget of
+    Every request goes through `send`, which first takes a place among the requests in
+    flight to that API (`max_follow_ups_in_flight`), then one from the merchant's budget of
     follow-up queries (`max_follow_ups_per_minute`): a callback that needs no request
-    spends none of it."""
+    spends none of either."""
 
     http: httpx.Client
     limit: RateLimiter
-    spend: Callable[[], None] = _unlimited  # ProviderUnavailable when the budget is spent
+    spend: Callable[[], None] = _unlimited  # ProviderBusy when the budget is spent
     received_at: datetime | None = None  # the callback's: how long a 404 is worth a retry
+    # a place in flight at the URL's base for the request's duration; ProviderBusy if none
+    occupy: Callable[[str], AbstractContextManager[None]] = _anywhere
 
     def send(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         """A follow-up request (shared.http.send), counted against the budget."""
-        self.spend()
-        return send(self.http, method, url, what, **kwargs)
+        with self.occupy(url):
+            self.spend()
+            return send(self.http, method, url, what, **kwargs)
 
     def check(self, response: httpx.Response, what: str) -> None:
         """`check_status` for an answer to a request about this callback."""

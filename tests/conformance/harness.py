@@ -115,13 +115,17 @@ class AnswerServer:
                         body = _body(answer)
                         content_type = answer.get("content_type") or (
                             "application/json" if "json" in answer else "text/plain")
-                        self._send(int(answer.get("status", 200)), content_type, body)
+                        self._send(int(answer.get("status", 200)), content_type, body,
+                                   answer.get("headers", {}))
                         return
                 self._send(404, "application/problem+json",
                            b'{"title": "Not found", "status": 404}')
 
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
+            def _send(self, status: int, content_type: str, body: bytes,
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
