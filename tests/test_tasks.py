@@ -424,8 +424,9 @@ def test_a_providers_retry_after_sets_when_the_callback_is_tried_again(
     schedule = CALLBACK_JOB_OPTIONS["retry"]
     assert job.get_status() == "scheduled" and job.retries_left == schedule.max - 1
     assert 598 <= seconds_until_due(redis_client, job, finished) <= 601
-    assert (job.retry_intervals or [])[1:] == [schedule.intervals[max(len(schedule.intervals) - left, 0)]
-                                       for left in range(schedule.max - 1, 0, -1)]
+    steps = schedule.intervals
+    assert (job.retry_intervals or [])[1:] == [steps[max(len(steps) - left, 0)]
+                                               for left in range(schedule.max - 1, 0, -1)]
 
 
 def test_only_requests_to_the_provider_spend_the_follow_up_budget(

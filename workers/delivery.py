@@ -141,6 +141,50 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
                    failing=probing)
 
 
+def delivery_failed(job: Job, connection: Redis, kind: type[BaseException] | None = None,
+                    error: BaseException | None = None, traceback: object = None) -> None:
+    """RQ's failure callback of every delivery job (events.delivery_job_options), run on
+    each failure RQ sees: our DeliveryFailed and HookPaused, and what our code never saw
+    end: RQ's job timeout, an unexpected error, a worker lost mid-job (RQ's clean-up of the
+    started registry calls it with AbandonedJobError). Once no try is left, a delivery that
+    is not delivered, dropped or dead-lettered yet is dead-lettered now, with the reason:
+    none ends in RQ's failed registry as "queued" or "retrying", unseen by `payhooks events`
+    and `payhooks replay`. It never raises: RQ's clean-up would stop at the first error."""
+    if job.retries_left:
+        return  # RQ runs it again
+    try:
+        event_id, merchant, hook_id = (str(arg) for arg in job.args)
+        state = connection.hget(delivery_key(event_id, hook_id), "state")
+        if state in (b"delivered", b"dropped", b"dead"):
+            return
+        settings = _delivery_settings()
+        reason = (f"the job ended: {kind.__name__}" if kind is not None
+                  else "the job ended unfinished")
+        body = _event_body(connection, event_id, hook_id)
+        if body is None:
+            _set_state(connection, event_id, hook_id, settings, state="dropped", reason=reason)
+            return
+        attempts = int(connection.hget(delivery_key(event_id, hook_id), "attempts") or 0)
+        _dead_letter(connection, merchant, hook_id, event_id, body, attempts, settings,
+                     reason=reason)
+        batch = metrics.Batch()
+        batch.count("deliveries", merchant, hook_id, "dead")
+        batch.send(connection)
+        log.error("delivery_dead_lettered", event_id=event_id, merchant=merchant,
+                  hook=hook_id, attempt=attempts, reason=reason)
+    except Exception as exc:  # see the docstring; the job stays in RQ's failed registry
+        log.error("delivery_failure_not_recorded", job_id=job.id, error=exc.__class__.__name__)
+
+
+def _delivery_settings() -> DeliverySettings:
+    """The worker's delivery settings; the defaults where no configuration can be loaded
+    (RQ's clean-up run by a process of another kind)."""
+    try:
+        return runtimes.current().settings.delivery
+    except PayhooksError:
+        return DeliverySettings()
+
+
 _clients: dict[tuple[float, bool], httpx.Client] = {}
 
 
@@ -263,9 +307,9 @@ def _set_state(redis: Redis, event_id: str, hook_id: str, settings: DeliverySett
 
 
 def _dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: bytes,
-                 attempts: int, settings: DeliverySettings) -> None:
+                 attempts: int, settings: DeliverySettings, **fields: EncodableT) -> None:
     _set_state(redis, event_id, hook_id, settings, state="dead", attempts=attempts,
-               event=body, merchant=merchant)
+               event=body, merchant=merchant, **fields)
     now = time.time()
     redis.zadd(DEAD, {f"{merchant}|{event_id}|{hook_id}": now})
     redis.zremrangebyscore(DEAD, 0, now - settings.history)  # their events are gone too

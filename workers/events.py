@@ -21,11 +21,13 @@ import functools
 import hashlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from redis import Redis, WatchError
 from redis.client import Pipeline
 from redis.typing import EncodableT
+from rq import Callback as RQCallback
 from rq import Retry
 from rq.job import JobStatus
 
@@ -37,6 +39,7 @@ from shared.settings import HookSettings
 DEDUP_SECONDS = 10 * 86400  # IXOPAY retries for about 7 days 18 hours
 PAYMENT_SECONDS = 400 * 86400  # how long a payment's sequence and totals are kept
 DELIVER_EVENT = "workers.delivery.deliver_event"
+DELIVERY_FAILED = "workers.delivery.delivery_failed"
 ALL_EVENTS = "payhooks:events"
 # A field `fact:<event id>` in the payment's hash marks each fact recorded for it: the
 # event's own record goes after DEDUP_SECONDS, the payment's hash lives PAYMENT_SECONDS
@@ -239,11 +242,17 @@ def _keep_state(pipe: Pipeline, payment: str, changed: dict[str, int]) -> None:
     pipe.expire(payment, PAYMENT_SECONDS)
 
 
+def delivery_job_options(retry_schedule: Sequence[float]) -> dict[str, Any]:
+    """The options of every delivery job (Job.create's names), recorded here or replayed.
+    `on_failure` runs on every failure RQ sees, our code's or not (RQ's job timeout, a
+    worker lost mid-job): once no try is left it dead-letters the delivery."""
+    steps = [int(step) for step in retry_schedule] or [60]
+    return {"timeout": 120, "result_ttl": 7 * 86400, "failure_ttl": 90 * 86400,
+            "retry": Retry(max=len(steps), interval=steps),
+            "on_failure": RQCallback(DELIVERY_FAILED)}
+
+
 @functools.cache
 def delivery_template(retry_schedule: tuple[float, ...]) -> JobTemplate:
     """The delivery jobs' template (built by RQ once per process and retry schedule)."""
-    steps = [int(step) for step in retry_schedule] or [60]
-    return JobTemplate(DELIVERIES, DELIVER_EVENT, {
-        "timeout": 120, "result_ttl": 7 * 86400, "failure_ttl": 90 * 86400,
-        "retry": Retry(max=len(steps), interval=steps),
-    })
+    return JobTemplate(DELIVERIES, DELIVER_EVENT, delivery_job_options(retry_schedule))

@@ -45,8 +45,11 @@ def _describe(fields: dict[str, str]) -> str:
     if state == "retrying" and "next_at" in fields:
         wait = max(0, float(fields["next_at"]) - time.time())
         return f"retrying (attempt {attempts} failed, next in {wait:.0f} s)"
-    if state in ("delivered", "dead") and attempts:
-        return f"{state} ({attempts} attempt{'s' if attempts > 1 else ''})"
+    details = [f"{attempts} attempt{'s' if attempts > 1 else ''}"] if attempts else []
+    if state in ("dead", "dropped") and "reason" in fields:
+        details.append(fields["reason"])  # an ending our attempts did not see (RQ's)
+    if state in ("delivered", "dead", "dropped") and details:
+        return f"{state} ({', '.join(details)})"
     return state
 
 

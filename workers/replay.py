@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -25,7 +25,7 @@ from rq.serializers import JSONSerializer
 from shared.queue import DELIVERIES
 from shared.settings import Settings
 from workers.delivery import DEAD
-from workers.events import DELIVER_EVENT, delivery_job_id, delivery_key
+from workers.events import DELIVER_EVENT, delivery_job_id, delivery_job_options, delivery_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +83,9 @@ def _requeue(redis: Redis, queue: Queue, failed: FailedJobRegistry, letter: Dead
     try:
         job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:  # RQ's copy expired (failure_ttl): make the same job again
+        options = delivery_job_options(schedule)
         queue.enqueue(DELIVER_EVENT, letter.event, letter.merchant, letter.hook, job_id=job_id,
-                      retry=Retry(max=len(schedule), interval=schedule), job_timeout=120,
-                      result_ttl=7 * 86400, failure_ttl=90 * 86400)
+                      job_timeout=options.pop("timeout"), **options)
         return
     failed.remove(job)
     job.retries_left = len(schedule)
