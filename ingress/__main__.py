@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
 import sys
 
 import structlog
 from aiohttp import web
 
-from ingress.app import create_app
+from ingress.app import CONNECTIONS, create_app
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -16,7 +18,7 @@ from shared.settings import Settings
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     """Run the ingress until SIGINT or SIGTERM; in-flight callbacks finish first."""
     configure_logging(settings.logging, buffered=True, contextvars=False)
-    raise_file_limit()
+    file_limit = raise_file_limit()
     try:
         import uvloop
     except ImportError:  # not on this platform: the standard loop works, only slower
@@ -25,15 +27,30 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         loop_factory = uvloop.new_event_loop
     app = create_app(settings)
     app.on_startup.append(_tune_gc)
-    web.run_app(
-        app,
-        host=host or settings.ingress.host,
-        port=port or settings.ingress.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=10.0,
-        loop=loop_factory() if loop_factory else None,
-    )
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(app, host or settings.ingress.host, port or settings.ingress.port,
+                          file_limit))
+
+
+async def _serve(app: web.Application, host: str, port: int, file_limit: int) -> None:
+    """What aiohttp's run_app does, with the connection cap installed on the server."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0, handle_signals=False)
+    await runner.setup()
+    try:
+        assert runner.server is not None
+        cap = app[CONNECTIONS]
+        cap.install(runner.server, file_limit)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        structlog.get_logger("payhooks.ingress").info(
+            "ingress.listening", host=host, port=port, max_connections=cap.cap)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
 
 
 FILE_LIMIT_CEILING = 1 << 20  # when the hard limit is unlimited

@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from ingress import handlers
+from ingress.connections import ConnectionCap
 from ingress.metrics import IngressMetrics
 from ingress.store import JobStore
 from shared.logging import flush_logs
@@ -31,6 +32,7 @@ MERCHANTS = web.AppKey("merchants", dict[str, dict[str, Provider]])
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", JobStore)
 METRICS = web.AppKey("metrics", IngressMetrics)
+CONNECTIONS = web.AppKey("connections", ConnectionCap)
 
 PROVIDER_CLASSES = (Ixopay, Ifthenpay, Netaxept, Payex)
 
@@ -73,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
         for merchant_id, merchant in settings.merchants.items()
     }
     app[METRICS] = IngressMetrics()
+    app[CONNECTIONS] = ConnectionCap(settings.ingress.max_connections)
     app.cleanup_ctx.append(_redis_and_store)
     app.cleanup_ctx.append(_flush_stdout)
     for provider in PROVIDER_CLASSES:

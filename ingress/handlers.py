@@ -265,6 +265,9 @@ async def metrics(request: web.Request) -> web.Response:
     store = request.app[app_keys.STORE]
     app_metrics.store_batches, app_metrics.store_jobs = store.batches, store.jobs
     app_metrics.write_failures = store.write_failures
+    connections = request.app[app_keys.CONNECTIONS]
+    app_metrics.connections_at_cap = {"idle_closed": connections.shed,
+                                      "refused": connections.refused}
     try:
         pipe = redis.pipeline(transaction=False)
         pipe.hgetall(shared_metrics.KEY)

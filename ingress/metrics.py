@@ -27,6 +27,7 @@ class IngressMetrics:
         self.store_batches = 0  # set from the JobStore at each scrape
         self.store_jobs = 0
         self.write_failures = 0
+        self.connections_at_cap: dict[str, int] = {}  # set from the ConnectionCap
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -63,4 +64,11 @@ class IngressMetrics:
             "payhooks_redis_write_failures",
             "Batches of callbacks Redis did not take (down, or refusing writes: maxmemory)",
             value=self.write_failures)
+        at_cap = CounterMetricFamily(
+            "payhooks_ingress_connections_at_cap",
+            "New connections past max_connections: an idle one closed for it, or it refused",
+            labels=["outcome"])
+        for outcome in ("idle_closed", "refused"):
+            at_cap.add_metric([outcome], self.connections_at_cap.get(outcome, 0))
+        yield at_cap
         yield from self.system

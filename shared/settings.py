@@ -228,6 +228,9 @@ class IngressSettings(_Section):
     # connection opens or the previous answer went out (an idle keep-alive connection is
     # closed after it too), then its body, counted from the end of the headers (else 408).
     read_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    # open connections at most; by default (and at most) the soft limit on open files less
+    # 256 (ingress/connections.py)
+    max_connections: int | None = Field(default=None, ge=1)
 
 
 class DeliverySettings(_Section):
