@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 import tomllib
 import uuid
 import zlib
@@ -12,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import redis
 from pydantic import BaseModel, SecretStr
 from rq import Queue, SimpleWorker
@@ -168,6 +172,20 @@ def stored_callback(outgoing: Any, merchant: str, provider: str) -> dict[str, An
         uri=accepted.uri, headers=accepted.headers, body=incoming.body, source="127.0.0.1",
         received_at=utcnow(), reference=accepted.reference))
     return data
+
+
+def faketime_binary() -> str:
+    """Debian's faketime (libfaketime: one process's clock, shifted), installed with
+    apt-get when missing and we are root; else the test is skipped."""
+    found = shutil.which("faketime")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "faketime"], env=env,
+                       stdout=subprocess.DEVNULL, check=False)
+        found = shutil.which("faketime")
+    if found is None:
+        pytest.skip("faketime is not installed (apt-get install faketime)")
+    return found
 
 
 def run_callback_job(client: redis.Redis, callback: dict[str, Any]) -> tuple[Job, datetime]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ from rq.serializers import JSONSerializer
 import workers.__main__ as worker_main
 from shared.redis_server import RedisServer
 from tests.conftest import make_settings
+from tests.helpers import faketime_binary
 
 RUNS = "test:runs"
 
@@ -228,3 +231,47 @@ def test_a_sweep_lock_left_by_a_killed_worker_lapses_within_a_minute(server: Red
     assert queue.acquire_maintenance_lock()
     assert 0 < client.ttl(queue.registry_cleaning_key) <= worker_main.SWEEP_LOCK_SECONDS
     assert not queue.acquire_maintenance_lock()  # still one sweeper at a time
+
+
+SKEWED_WORKER = """
+import sys
+import workers.__main__ as worker_main
+from tests.conftest import make_settings
+worker_main.LEASE_SECONDS, worker_main.RENEW_SECONDS, worker_main.MAINTENANCE_SECONDS = 2, 0.3, 1
+sys.exit(worker_main.work(make_settings(sys.argv[1], logging={"level": "warning"})))
+"""
+
+
+def test_a_worker_whose_clock_is_ahead_takes_no_running_job_for_abandoned(
+    server: RedisServer, short_periods: None, tmp_path: Path
+) -> None:
+    """Leases are timed by Redis's clock: a worker host 30 s ahead cleans up while another
+    worker runs a 6 s job under a 2 s lease, and the job is left to it. With the hosts'
+    clocks (RQ's own), the lease looked 28 s lapsed and the job was set to run again."""
+    faketime = faketime_binary()
+    client = redis.Redis.from_url(server.url)
+    job = enqueue(server.url, 6.0)
+    holder = fork_worker(server.url)
+    log = (tmp_path / "skewed.log").open("wb")
+    try:
+        wait_for(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
+        skewed = subprocess.Popen(
+            [faketime, "-f", "+30s", sys.executable, "-c", SKEWED_WORKER, server.url],
+            cwd=Path(__file__).parents[1], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+        try:
+            wait_for(lambda: client.scard("rq:workers") == 2, 20,
+                     "the worker 30 s ahead did not start")
+            wait_for(functools.partial(finished, job), 30, "the job did not finish")
+            time.sleep(2)  # a few more clean-ups by the worker ahead
+        finally:
+            skewed.send_signal(signal.SIGTERM)
+            skewed.wait(20)
+    finally:
+        assert stop(holder) == 0
+        log.close()
+    assert client.get(RUNS) == b"1"
+    # not taken for abandoned: no try spent, nothing waiting to run it again (with the hosts'
+    # clocks it was scheduled to run a second time, by the clock of the worker behind)
+    assert Job.fetch(job.id, connection=client, serializer=JSONSerializer).retries_left == 2
+    assert client.zcard("rq:scheduled:callbacks") == 0 and client.zcard("rq:failed:callbacks") == 0

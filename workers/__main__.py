@@ -44,10 +44,17 @@ import redis
 import structlog
 from redis import Redis
 from redis.commands.core import Script
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, utils, worker_registration
 from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    StartedJobRegistry,
+)
 from rq.serializers import JSONSerializer
 
 from shared.logging import configure_logging
@@ -144,14 +151,69 @@ class SafeQueue(Queue):
                 return queue_keys[0], job_id
 
 
+# KEYS: the started registry; ARGV: the execution's member, the lease. Re-scores the lease
+# by Redis's clock (RQ scores it by the worker host's).
+_STAMP_LEASE = """
+local time = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', tonumber(time[1]) + tonumber(ARGV[2]), ARGV[1])
+"""
+
+
 class Worker(SimpleWorker):
-    """RQ's SimpleWorker, with a short lease on its running job that a thread renews."""
+    """RQ's SimpleWorker, with a short lease on its running job that a thread renews.
+
+    Leases are timed by Redis's clock, not by the hosts': RQ scores a lease by the clock
+    of the worker holding it and judges it lapsed by the clock of the worker cleaning up,
+    so a cleaner 30 s ahead took running jobs for abandoned and ran them twice. Here each
+    lease RQ writes is scored again at once by Redis's TIME, and the clean-up asks Redis
+    for the time. RQ's own score is generous (`LEASE_SECONDS` + 60), so that the moment
+    between the two writes tolerates a host a minute behind."""
 
     stopping = False  # a SIGTERM or SIGINT came: do not start again
     _lease_thread: _Lease | None = None
+    _stamp: Script | None = None
 
     def get_heartbeat_ttl(self, job: Job) -> int:
-        return LEASE_SECONDS
+        return LEASE_SECONDS + 60
+
+    def prepare_execution(self, job: Job) -> Execution:
+        execution = super().prepare_execution(job)
+        self._stamp_lease(job)
+        return execution
+
+    def maintain_heartbeats(self, job: Job) -> None:
+        super().maintain_heartbeats(job)
+        self._stamp_lease(job)
+
+    def _stamp_lease(self, job: Job) -> None:
+        if self.execution is None:
+            return
+        if self._stamp is None:
+            self._stamp = self.connection.register_script(_STAMP_LEASE)
+        self._stamp(keys=[job.started_job_registry.key],
+                    args=[self.execution.composite_key, LEASE_SECONDS])
+
+    def clean_registries(self) -> None:
+        """RQ's clean-up of each queue's registries, with the started registry's leases
+        judged by Redis's clock."""
+        seconds, micros = self.connection.time()
+        for queue in self.queues:
+            if not queue.acquire_maintenance_lock():
+                continue
+            self.log.debug("Worker %s: cleaning registries for queue: %s", self.name,
+                           queue.name)
+            options: dict[str, Any] = {"name": queue.name, "connection": queue.connection,
+                                       "job_class": queue.job_class,
+                                       "serializer": queue.serializer}
+            FinishedJobRegistry(**options).cleanup()
+            StartedJobRegistry(**options).cleanup(timestamp=seconds + micros / 1e6,
+                                                  exception_handlers=self._exc_handlers)
+            FailedJobRegistry(**options).cleanup()
+            DeferredJobRegistry(**options).cleanup()
+            worker_registration.clean_worker_registry(queue)
+            queue.intermediate_queue.cleanup(self, queue)
+            queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+        self.last_cleaned_at = utils.now()  # type: ignore[assignment]
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False
                               ) -> None:

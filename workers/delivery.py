@@ -49,6 +49,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from shared import metrics, slots
+from shared.clock import from_reply, redis_now
 from shared.errors import PayhooksError
 from shared.http import REFUSED, deadline, make_delivery_client
 from shared.http import retry_after as parse_retry_after
@@ -310,7 +311,7 @@ def _dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body:
                  attempts: int, settings: DeliverySettings, **fields: EncodableT) -> None:
     _set_state(redis, event_id, hook_id, settings, state="dead", attempts=attempts,
                event=body, merchant=merchant, **fields)
-    now = time.time()
+    now = redis_now(redis)  # trimmed by age: by a host's wrong clock, every one would go
     redis.zadd(DEAD, {f"{merchant}|{event_id}|{hook_id}": now})
     redis.zremrangebyscore(DEAD, 0, now - settings.history)  # their events are gone too
 
@@ -319,13 +320,16 @@ def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
                   settings: DeliverySettings) -> None:
     """Count a failure in a row; pause the hook when there are `pause_after` of them."""
     key = hook_key(merchant, hook.id)
-    failures = int(redis.hincrby(key, "failures", 1))
-    redis.expire(key, int(settings.history))
-    was_paused = redis.hexists(key, "paused_until")  # a failed probe pauses it again at once
-    if failures >= settings.pause_after or was_paused:
+    pipe = redis.pipeline(transaction=False)
+    pipe.hincrby(key, "failures", 1)
+    pipe.expire(key, int(settings.history))
+    pipe.hexists(key, "paused_until")  # a failed probe pauses it again at once
+    pipe.time()
+    failures, _, was_paused, now = pipe.execute()
+    if int(failures) >= settings.pause_after or was_paused:
         trips = int(redis.hincrby(key, "trips", 1))
         pause = min(PAUSE_FIRST * 2 ** (trips - 1), PAUSE_MAX)
-        redis.hset(key, mapping={"paused_until": time.time() + pause, "failures": 0})
+        redis.hset(key, mapping={"paused_until": from_reply(now) + pause, "failures": 0})
         redis.sadd(metrics.PAUSED, f"{merchant}/{hook.id}")
         log.warning("hook_paused", pause_s=pause, trips=trips)
 
@@ -337,9 +341,12 @@ def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
     that hook's probe lock, to give back after its attempt: a failing hook never occupies
     more than one worker, however many of its deliveries are due."""
     key = hook_key(merchant, hook.id)
-    paused_until, failures = (float(value or 0) for value in
-                              redis.hmget(key, ["paused_until", "failures"]))
-    now = time.time()
+    pipe = redis.pipeline(transaction=False)
+    pipe.hmget(key, ["paused_until", "failures"])
+    pipe.time()  # a pause is timed by Redis's clock, which every worker shares
+    fields, reply = pipe.execute()
+    paused_until, failures = (float(value or 0) for value in fields)
+    now = from_reply(reply)
     if now < paused_until:
         _defer(paused_until - now + random.uniform(0, 5))  # noqa: S311 - spread the wake-ups
     if not (paused_until or failures):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from rq import Callback as RQCallback
 from rq import Retry
 from rq.job import JobStatus
 
+from shared.clock import from_reply
 from shared.models import Callback, EventData, Fact, PaymentEvent, utcnow
 from shared.money import to_decimal_string
 from shared.queue import DELIVERIES, JobTemplate
@@ -104,16 +104,17 @@ def record(
 
 
 def _paused_hooks(redis: Redis, merchant: str, hooks: Sequence[HookSettings]
-                  ) -> dict[str, float]:
-    """The merchant's hooks paused now, with the end of their pause (one round trip)."""
-    if not hooks:
-        return {}
+                  ) -> tuple[dict[str, float], float]:
+    """The merchant's hooks paused now, with the end of their pause, and Redis's time (one
+    round trip)."""
     pipe = redis.pipeline(transaction=False)
+    pipe.time()
     for hook in hooks:
         pipe.hget(hook_key(merchant, hook.id), "paused_until")
-    now = time.time()
-    return {hook.id: float(until) for hook, until in zip(hooks, pipe.execute(), strict=True)
-            if until is not None and float(until) > now}
+    reply, *pauses = pipe.execute()
+    now = from_reply(reply)
+    return {hook.id: float(until) for hook, until in zip(hooks, pauses, strict=True)
+            if until is not None and float(until) > now}, now
 
 
 def _record_payment(
@@ -121,7 +122,7 @@ def _record_payment(
     hooks: Sequence[HookSettings],
 ) -> list[PaymentEvent]:
     """One transaction for all the new facts of one payment: four round trips, and one to
-    see which hooks are paused when there is something new to deliver."""
+    see which hooks are paused (and Redis's time) when there is something new to deliver."""
     ids = [event_id(callback.merchant, callback.provider, fact) for fact in facts]
     keys = [event_key(event) for event in ids]
     payment = f"payhooks:payment:{callback.merchant}:{callback.provider}:{facts[0].payment_id}"
@@ -153,9 +154,10 @@ def _record_payment(
                         _keep_state(pipe, payment, changed)
                         pipe.execute()
                     return []  # a duplicate: nothing more to read or write
-                paused = _paused_hooks(redis, callback.merchant, hooks)
+                paused, now = _paused_hooks(redis, callback.merchant, hooks)
                 pipe.multi()
-                _write(pipe, template, events, payment, changed, hooks, callback.id, paused)
+                _write(pipe, template, events, payment, changed, hooks, callback.id, paused,
+                       now)
                 pipe.execute()
                 return [event for event, _ in events]
             except WatchError:
@@ -196,7 +198,8 @@ def _event(event: str, callback: Callback, fact: Fact, state: dict[str, int]
 
 def _write(pipe: Pipeline, template: JobTemplate, events: list[tuple[PaymentEvent, Fact]],
            payment: str, changed: dict[str, int], hooks: Sequence[HookSettings],
-           callback_id: str, paused: dict[str, float]) -> None:
+           callback_id: str, paused: dict[str, float], now: float) -> None:
+    """`now`: Redis's time, by which the listings are trimmed."""
     _keep_state(pipe, payment, changed)
     queued = False
     for event, _fact in events:
@@ -204,7 +207,7 @@ def _write(pipe: Pipeline, template: JobTemplate, events: list[tuple[PaymentEven
         score = event.timestamp.timestamp()
         for index in (merchant_events_key(event.data.merchant), ALL_EVENTS):
             pipe.zadd(index, {event.id: score})
-            pipe.zremrangebyscore(index, 0, time.time() - DEDUP_SECONDS)
+            pipe.zremrangebyscore(index, 0, now - DEDUP_SECONDS)
         for hook in hooks:
             if wants(hook, event.type.value):
                 _enqueue_delivery(pipe, template, event, hook.id, callback_id,

@@ -17,7 +17,6 @@ A replay that is still unsupported is recorded again.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from shared.clock import redis_now
 from shared.models import Callback
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
 
@@ -58,8 +58,8 @@ class Unsupported:
 
 
 def remember(redis: Redis, callback: Callback, data: dict[str, Any], reason: str) -> None:
-    """Keep this callback's job data and the reason it gave no event (one round trip)."""
-    now = time.time()
+    """Keep this callback's job data and the reason it gave no event (two round trips)."""
+    now = redis_now(redis)  # the index is trimmed by age: a host's wrong clock trims it all
     key = entry_key(callback.id)
     pipe = redis.pipeline(transaction=True)
     pipe.hset(key, mapping={
