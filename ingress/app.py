@@ -18,12 +18,8 @@ from ingress.connections import ConnectionCap
 from ingress.metrics import IngressMetrics
 from ingress.store import JobStore
 from shared.logging import flush_logs
-from shared.providers import build_providers
+from shared.providers import PROVIDERS, build_providers
 from shared.providers.base import Provider
-from shared.providers.ifthenpay import Ifthenpay
-from shared.providers.ixopay import Ixopay
-from shared.providers.netaxept import Netaxept
-from shared.providers.payex import Payex
 from shared.queue import callback_template
 from shared.settings import Settings
 
@@ -33,8 +29,6 @@ REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", JobStore)
 METRICS = web.AppKey("metrics", IngressMetrics)
 CONNECTIONS = web.AppKey("connections", ConnectionCap)
-
-PROVIDER_CLASSES = (Ixopay, Ifthenpay, Netaxept, Payex)
 
 
 class _WithoutRequestBytes(logging.Filter):
@@ -78,7 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CONNECTIONS] = ConnectionCap(settings.ingress.max_connections)
     app.cleanup_ctx.append(_redis_and_store)
     app.cleanup_ctx.append(_flush_stdout)
-    for provider in PROVIDER_CLASSES:
+    for provider in PROVIDERS.values():
         _route(app, provider.method, f"/callbacks/{{merchant}}/{provider.name}",
                handlers.callback_handler(provider.name))
     _route(app, "GET", "/healthz", handlers.healthz)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from shared.errors import ConfigError
-from shared.settings import Settings, load_settings, parse_duration
+from shared.settings import PROVIDER_SECTIONS, Settings, load_settings, parse_duration
 
 STATUSES = ["captured", "authorized", "pending", "refunded", "voided", "failed", "chargeback"]
 
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser(
         "simulate", help="send a correct (signed) test callback through the dev ingress")
-    simulate.add_argument("provider", choices=["ixopay", "ifthenpay", "netaxept", "payex"])
+    simulate.add_argument("provider", choices=PROVIDER_SECTIONS)
     simulate.add_argument("--merchant", default="demo")
     simulate.add_argument("--status", default="captured", choices=STATUSES,
                           help="what the payment did (default captured)")

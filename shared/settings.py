@@ -191,6 +191,11 @@ class HookSettings(_Section):
         return secrets
 
 
+# the fields of MerchantSettings that are provider sections; shared.providers.PROVIDERS
+# has the same names (tests/test_settings.py holds them together)
+PROVIDER_SECTIONS = ("ixopay", "ifthenpay", "netaxept", "payex")
+
+
 class MerchantSettings(_Section):
     ixopay: IxopaySettings | None = None
     ifthenpay: IfthenpaySettings | None = None
@@ -208,13 +213,8 @@ class MerchantSettings(_Section):
 
     def providers(self) -> dict[str, _ProviderSection]:
         """The configured provider sections by provider name."""
-        sections = {
-            "ixopay": self.ixopay,
-            "ifthenpay": self.ifthenpay,
-            "netaxept": self.netaxept,
-            "payex": self.payex,
-        }
-        return {name: section for name, section in sections.items() if section is not None}
+        return {name: section for name in PROVIDER_SECTIONS
+                if isinstance(section := getattr(self, name), _ProviderSection)}
 
 
 class IngressSettings(_Section):

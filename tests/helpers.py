@@ -158,12 +158,12 @@ def worker_config(redis_url: str, simulators_url: str,
 
 def stored_callback(outgoing: Any, merchant: str, provider: str) -> dict[str, Any]:
     """What the ingress stores for this callback (verified by the provider module first)."""
-    from ingress.app import PROVIDER_CLASSES
     from shared.models import callback_json, new_callback_id, utcnow
+    from shared.providers import PROVIDERS
     from shared.settings import MerchantSettings
 
     section = MERCHANT_CONFIG["shop-eu"][provider]
-    provider_class = {cls.name: cls for cls in PROVIDER_CLASSES}[provider]
+    provider_class = PROVIDERS[provider]
     settings = MerchantSettings.model_validate({provider: section})
     accepted = provider_class(getattr(settings, provider)).verify(outgoing.to_incoming())
     incoming = outgoing.to_incoming()

@@ -54,5 +54,6 @@ def test_a_host_whose_clock_is_ahead_keeps_pauses_and_dead_letters(
     _dead_letter(redis_client, "shop-eu", "orders", "evt_now", b"{}", 7, settings)
     assert run_ahead("+2h", redis_url) == "HookPaused"  # still paused for it
     run_ahead("+40d", redis_url)
-    assert {member.split(b"|")[1] for member in redis_client.zrange(DEAD, 0, -1)} == {
+    members: list[bytes] = redis_client.zrange(DEAD, 0, -1)  # type: ignore[assignment]
+    assert {member.split(b"|")[1] for member in members} == {
         b"evt_now", b"evt_ahead"}  # a dead letter of today is kept: 30 days of Redis's time

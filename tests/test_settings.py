@@ -170,3 +170,11 @@ def test_ingress_read_timeout_defaults_to_ten_seconds_and_takes_a_duration(
 def test_ingress_read_timeout_must_be_a_positive_duration(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r"ingress\.read_timeout"):
         load_settings(write(tmp_path, f"[ingress]\nread_timeout = {value}\n"), {})
+
+
+def test_every_provider_has_a_merchant_section_of_its_name() -> None:
+    from shared.providers import PROVIDERS
+    from shared.settings import PROVIDER_SECTIONS, MerchantSettings
+
+    assert tuple(PROVIDERS) == PROVIDER_SECTIONS
+    assert set(PROVIDER_SECTIONS) <= set(MerchantSettings.model_fields)

@@ -1,6 +1,10 @@
-"""The four providers, built for one merchant from its config sections."""
+"""The providers: the one list from which the ingress's routes, the merchants' provider
+sections, the CLI's choices and the tests derive. Adding a provider: README, "Adding a
+provider" (a module here, its settings section, its simulator, its tests)."""
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 from shared.providers.base import Provider
 from shared.providers.ifthenpay import Ifthenpay
@@ -9,18 +13,25 @@ from shared.providers.netaxept import Netaxept
 from shared.providers.payex import Payex
 from shared.settings import MerchantSettings
 
-NAMES = ("ixopay", "ifthenpay", "netaxept", "payex")
+
+class ProviderClass(Protocol):
+    """A provider module's class: its name and method, built from its settings section."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
+    def __call__(self, settings: Any, /) -> Provider: ...
+
+
+PROVIDERS: dict[str, ProviderClass] = {
+    provider.name: provider for provider in (Ixopay, Ifthenpay, Netaxept, Payex)}
+NAMES = tuple(PROVIDERS)
 
 
 def build_providers(merchant: MerchantSettings) -> dict[str, Provider]:
     """The providers this merchant configured, by name."""
-    providers: dict[str, Provider] = {}
-    if merchant.ixopay is not None:
-        providers["ixopay"] = Ixopay(merchant.ixopay)
-    if merchant.ifthenpay is not None:
-        providers["ifthenpay"] = Ifthenpay(merchant.ifthenpay)
-    if merchant.netaxept is not None:
-        providers["netaxept"] = Netaxept(merchant.netaxept)
-    if merchant.payex is not None:
-        providers["payex"] = Payex(merchant.payex)
-    return providers
+    return {name: PROVIDERS[name](section) for name, section in merchant.providers().items()
+            if section is not None}
