@@ -15,20 +15,13 @@ from redis.backoff import ExponentialBackoff
 
 from ingress import handlers
 from ingress.connections import ConnectionCap
+from ingress.keys import CONNECTIONS, MERCHANTS, METRICS, REDIS, SETTINGS, STORE
 from ingress.metrics import IngressMetrics
 from ingress.store import JobStore
 from shared.logging import flush_logs
 from shared.providers import PROVIDERS, build_providers
-from shared.providers.base import Provider
 from shared.queue import callback_template
 from shared.settings import Settings
-
-SETTINGS = web.AppKey("settings", Settings)
-MERCHANTS = web.AppKey("merchants", dict[str, dict[str, Provider]])
-REDIS = web.AppKey("redis", Redis)
-STORE = web.AppKey("store", JobStore)
-METRICS = web.AppKey("metrics", IngressMetrics)
-CONNECTIONS = web.AppKey("connections", ConnectionCap)
 
 
 class _WithoutRequestBytes(logging.Filter):

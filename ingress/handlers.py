@@ -23,7 +23,7 @@ from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from ingress import app as app_keys
+from ingress import keys as app_keys
 from shared import metrics as shared_metrics
 from shared.errors import (
     CallbackRejected,

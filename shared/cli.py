@@ -170,7 +170,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _ingress(args: argparse.Namespace) -> int:
-    from ingress.__main__ import serve
+    from ingress.server import serve
 
     settings = _settings(args)
     serve(settings, host=args.host, port=args.port)

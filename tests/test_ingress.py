@@ -13,7 +13,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from ingress import app as app_keys
+from ingress import keys as app_keys
 from ingress.app import create_app
 from shared.settings import Settings
 from tests.conftest import make_settings
