@@ -22,6 +22,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from rq import Queue
 
 from ingress import keys as app_keys
 from shared import metrics as shared_metrics
@@ -34,9 +35,10 @@ from shared.errors import (
     TooSlow,
     Unauthorized,
 )
+from shared.keys import DEAD_LETTERS, READY_PROBE
 from shared.models import callback_json, new_callback_id, utcnow
 from shared.providers.base import Incoming, Provider
-from shared.queue import CALLBACKS, DEAD_LETTERS, DELIVERIES
+from shared.queue import CALLBACKS, DELIVERIES
 
 log = structlog.get_logger("payhooks.ingress")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -246,7 +248,6 @@ async def healthz(request: web.Request) -> web.Response:
     return _text(200, "ok")
 
 
-READY_PROBE = "payhooks:probe:ready"
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -274,7 +275,7 @@ async def metrics(request: web.Request) -> web.Response:
         pipe.zcard(DEAD_LETTERS)
         pipe.scard(shared_metrics.PAUSED)
         for queue in (CALLBACKS, DELIVERIES):
-            pipe.llen(f"rq:queue:{queue}")
+            pipe.llen(Queue.redis_queue_namespace_prefix + queue)
         stored, dead, paused, *depths = await pipe.execute()
         app_metrics.system = list(shared_metrics.families(
             stored, dead, paused, dict(zip((CALLBACKS, DELIVERIES), depths, strict=True))))

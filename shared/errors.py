@@ -16,6 +16,10 @@
                                soon, without counting it as an attempt
       ProviderRejected       - a follow-up query got a permanent answer (unknown transaction,
                                bad credentials): the job ends failed, with the reason logged
+      DeliveryFailed         - a delivery attempt did not end in a 2xx: RQ retries the job on
+                               the hook's schedule, or it is dead-lettered
+      HookPaused             - the hook is paused, or all its places in flight are taken: the
+                               delivery waits, no attempt spent
 
 Messages never contain secrets. Where a message names an offending value, that value
 comes from the request, never from the configuration.
@@ -100,3 +104,11 @@ class ProviderBusy(ProviderUnavailable):
 
 class ProviderRejected(PayhooksError):
     """The provider's API gave a permanent answer; retrying will not change it."""
+
+
+class DeliveryFailed(PayhooksError):
+    """An attempt did not end in a 2xx; RQ retries the job or it is dead-lettered."""
+
+
+class HookPaused(PayhooksError):
+    """The hook is paused; the delivery waits for the pause to end (no attempt spent)."""

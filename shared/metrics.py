@@ -21,8 +21,10 @@ from prometheus_client.core import (
 )
 from redis import Redis
 
-KEY = "payhooks:metrics"
-PAUSED = "payhooks:paused"  # the paused hooks, as merchant/hook
+from shared.keys import METRICS, PAUSED_HOOKS
+
+KEY = METRICS
+PAUSED = PAUSED_HOOKS  # the paused hooks, as merchant/hook
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COUNTERS = {
     "callbacks_processed": ("Callbacks processed by workers, by provider and outcome",

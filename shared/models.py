@@ -79,6 +79,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class DeliveryState(StrEnum):
+    """The `state` of a delivery's hash (shared.keys.delivery_key)."""
+
+    QUEUED = "queued"  # waiting for a worker
+    PAUSED = "paused"  # recorded while its hook was paused: waits for the pause to end
+    RETRYING = "retrying"  # an attempt failed; the next one is due at `next_at`
+    DELIVERED = "delivered"  # a 2xx
+    DEAD = "dead"  # dead-lettered: the schedule used up, or RQ ended the last try
+    DROPPED = "dropped"  # nothing to deliver: the hook is gone, or the event expired
+
+
+# the states a delivery ends in: nothing runs it again (but a replay of a dead letter)
+FINAL_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.DEAD, DeliveryState.DROPPED})
+
+
 class EventType(StrEnum):
     """The canonical event types, dot-delimited as the Standard Webhooks spec suggests."""
 

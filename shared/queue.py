@@ -34,7 +34,6 @@ from rq.utils import now, utcformat
 
 CALLBACKS = "callbacks"
 DELIVERIES = "deliveries"
-DEAD_LETTERS = "payhooks:dead"  # dead-lettered deliveries (workers/delivery.py, replay.py)
 PROCESS_CALLBACK = "workers.tasks.process_callback"
 
 # A callback job may be re-run after a crash (retries_left is what makes RQ re-run an

@@ -54,6 +54,7 @@ from rq.serializers import JSONSerializer
 
 from ingress.app import create_app
 from shared.http import make_client
+from shared.keys import attempts_key
 from shared.models import PaymentEvent, callback_json, new_callback_id, utcnow
 from shared.providers import ifthenpay as ifthenpay_module
 from shared.providers import netaxept as netaxept_module
@@ -81,7 +82,6 @@ from tests.helpers import (
     worker_config,
 )
 from workers import runtime as runtimes
-from workers.events import attempts_key
 from workers.listing import recent_events
 from workers.runtime import Runtime
 

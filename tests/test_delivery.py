@@ -18,6 +18,7 @@ from rq.serializers import JSONSerializer
 from standardwebhooks import Webhook
 
 from ingress.app import create_app
+from shared.keys import attempts_key, delivery_key, hook_key
 from shared.queue import DELIVERIES
 from shared.settings import Settings, settings_from_dict
 from shared.simulators.client import SimulatorClient
@@ -26,7 +27,7 @@ from tests.helpers import HOOK_SECRET, to_toml, worker_config
 from tests.test_tasks import netaxept
 from workers import runtime as runtimes
 from workers.delivery import DEAD, in_flight_key
-from workers.events import attempts_key, delivery_job_id, delivery_key, hook_key
+from workers.events import delivery_job_id
 from workers.listing import delivery_states, recent_events
 from workers.replay import dead_letters, replay
 from workers.runtime import Runtime

@@ -22,6 +22,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 import workers.__main__ as worker_main
+from shared.keys import delivery_key
 from shared.queue import DELIVERIES
 from shared.simulators.client import SimulatorClient
 from tests.hostile import HostileServer
@@ -29,7 +30,7 @@ from tests.test_delivery import settings_for, work
 from tests.test_tasks import netaxept
 from workers import runtime as runtimes
 from workers.delivery import DEAD
-from workers.events import delivery_job_id, delivery_key
+from workers.events import delivery_job_id
 from workers.listing import delivery_states, recent_events
 from workers.replay import dead_letters, replay
 from workers.runtime import Runtime

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from shared.errors import ProviderUnavailable
 from shared.http import PROVIDER_ANSWER_LIMIT, PROVIDER_DEADLINE, make_client, send
+from shared.keys import attempts_key, delivery_key, hook_key
 from shared.queue import CALLBACK_JOB_OPTIONS
 from shared.settings import settings_from_dict
 from shared.simulators import callbacks as build
@@ -31,7 +32,7 @@ from tests.hostile import HostileServer
 from tests.test_delivery import settings_for, work
 from tests.test_tasks import netaxept, netaxept_callback
 from workers import runtime as runtimes
-from workers.events import FACTS_PER_TRANSACTION, attempts_key, delivery_key, hook_key
+from workers.events import FACTS_PER_TRANSACTION
 from workers.listing import recent_events
 from workers.runtime import BUSY_WAIT, Runtime
 from workers.tasks import process_callback

@@ -57,6 +57,7 @@ from rq.registry import (
 )
 from rq.serializers import JSONSerializer
 
+from shared.keys import WRITE_PROBE
 from shared.logging import configure_logging
 from shared.queue import CALLBACKS, DELIVERIES
 from shared.settings import Settings
@@ -69,7 +70,6 @@ RENEW_SECONDS = 5
 SWEEP_LOCK_SECONDS = 60  # one worker sweeps a queue at a time; RQ holds the lock 15 minutes
 BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
-WRITE_PROBE = "payhooks:probe:write"  # what a worker writes to see that Redis takes writes
 _PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger("payhooks.worker")

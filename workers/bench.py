@@ -55,6 +55,7 @@ from yarl import URL
 
 from ingress.bench import BenchError, _pin, _version, cpu_model
 from shared import queue as queues
+from shared.keys import ALL_EVENTS
 from shared.models import callback_json, new_callback_id, utcnow
 from shared.processes import answers, clean_env, stop, wait_until
 from shared.providers import build_providers
@@ -63,7 +64,7 @@ from shared.settings import Settings, load_settings
 from shared.simulators import callbacks as build
 from shared.simulators.callbacks import OutgoingCallback
 from shared.simulators.client import SimulatorClient
-from workers.events import ALL_EVENTS, delivery_job_id
+from workers.events import delivery_job_id
 from workers.listing import recent_events
 
 MERCHANT, NETAXEPT_ID, HOOKS = "bench", "12002835", ("orders", "ledger")  # as in CONFIG

@@ -50,27 +50,29 @@ from rq.job import Job
 
 from shared import metrics, slots
 from shared.clock import from_reply, redis_now
-from shared.errors import PayhooksError
+from shared.errors import DeliveryFailed, HookPaused, PayhooksError
 from shared.http import REFUSED, deadline, make_delivery_client
 from shared.http import retry_after as parse_retry_after
-from shared.queue import DEAD_LETTERS
+from shared.keys import (
+    DEAD_LETTERS,
+    PAUSED_HOOKS,
+    attempts_key,
+    dead_letter_member,
+    delivery_key,
+    event_key,
+    hook_in_flight_key,
+    hook_key,
+    hook_probe_key,
+)
+from shared.models import FINAL_STATES, DeliveryState
 from shared.settings import DeliverySettings, HookSettings
 from workers import runtime as runtimes
-from workers.events import attempts_key, delivery_key, event_key, hook_key
 
 log = structlog.get_logger("payhooks.delivery")
 RESPONSE_LIMIT = 16 * 1024
 PAUSE_FIRST, PAUSE_MAX = 60.0, 3600.0
 RETRY_AFTER_BOUNDS = (1.0, 86400.0)
 DEAD = DEAD_LETTERS
-
-
-class DeliveryFailed(PayhooksError):
-    """An attempt did not end in a 2xx; RQ retries the job or it is dead-lettered."""
-
-
-class HookPaused(PayhooksError):
-    """The hook is paused; the delivery waits for the pause to end (no attempt spent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +117,10 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     body = _event_body(runtime.redis, event_id, hook_id)
     if hook is None or body is None:
         reason = "the hook is no longer configured" if hook is None else "the event expired"
-        _set_state(runtime.redis, event_id, hook_id, settings.delivery, state="dropped")
+        _set_state(runtime.redis, event_id, hook_id, settings.delivery,
+                   state=DeliveryState.DROPPED)
         log.warning("delivery_dropped", reason=reason)
-        return {"state": "dropped", "reason": reason}
+        return {"state": DeliveryState.DROPPED.value, "reason": reason}
     origin = runtime.redis.hget(delivery_key(event_id, hook_id), "callback_id")
     if isinstance(origin, bytes):  # follow a callback through to its deliveries in the logs
         structlog.contextvars.bind_contextvars(callback_id=origin.decode())
@@ -126,7 +129,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         slot = _take_slot(runtime.redis, merchant, hook.id, event_id, settings.delivery)
     except HookPaused:
         if probing:
-            runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
+            runtime.redis.delete(hook_probe_key(merchant, hook.id))
         raise
     try:
         attempt = _attempt(_client(settings.delivery), hook, event_id, body,
@@ -136,7 +139,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         raise
     finally:
         if probing:
-            runtime.redis.delete(f"{hook_key(merchant, hook.id)}:probe")
+            runtime.redis.delete(hook_probe_key(merchant, hook.id))
     # the place is given back with the attempt's record, in the same round trip
     return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery,
                    failing=probing)
@@ -156,14 +159,15 @@ def delivery_failed(job: Job, connection: Redis, kind: type[BaseException] | Non
     try:
         event_id, merchant, hook_id = (str(arg) for arg in job.args)
         state = connection.hget(delivery_key(event_id, hook_id), "state")
-        if state in (b"delivered", b"dropped", b"dead"):
+        if isinstance(state, bytes) and state.decode() in FINAL_STATES:
             return
         settings = _delivery_settings()
         reason = (f"the job ended: {kind.__name__}" if kind is not None
                   else "the job ended unfinished")
         body = _event_body(connection, event_id, hook_id)
         if body is None:
-            _set_state(connection, event_id, hook_id, settings, state="dropped", reason=reason)
+            _set_state(connection, event_id, hook_id, settings, state=DeliveryState.DROPPED,
+                       reason=reason)
             return
         attempts = int(connection.hget(delivery_key(event_id, hook_id), "attempts") or 0)
         _dead_letter(connection, merchant, hook_id, event_id, body, attempts, settings,
@@ -253,17 +257,19 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
         if failing:  # a healthy hook has no failures to forget and is not in PAUSED
             pipe = redis.pipeline()
             pipe.delete(hook_key(merchant, hook.id))
-            pipe.srem(metrics.PAUSED, f"{merchant}/{hook.id}")
+            pipe.srem(PAUSED_HOOKS, f"{merchant}/{hook.id}")
             pipe.execute()
-        _set_state(redis, event_id, hook.id, settings, state="delivered", attempts=number)
+        _set_state(redis, event_id, hook.id, settings, state=DeliveryState.DELIVERED,
+                   attempts=number)
         log.info("event_delivered", **outcome)
-        return {"state": "delivered", **outcome}
+        return {"state": DeliveryState.DELIVERED.value, **outcome}
     _note_failure(redis, merchant, hook, settings)
     job = get_current_job()
     if job is not None and job.retries_left:
         delay = _next_delay(settings.retry_schedule, number, attempt.retry_after)
         job.retry_intervals = [max(1, round(delay))]
-        _set_state(redis, event_id, hook.id, settings, state="retrying", attempts=number,
+        _set_state(redis, event_id, hook.id, settings, state=DeliveryState.RETRYING,
+                   attempts=number,
                    next_at=time.time() + delay)
         batch.count("deliveries", merchant, hook.id, "failed")
         log.warning("delivery_failed", next_in_s=round(delay, 1), **outcome)
@@ -309,10 +315,10 @@ def _set_state(redis: Redis, event_id: str, hook_id: str, settings: DeliverySett
 
 def _dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: bytes,
                  attempts: int, settings: DeliverySettings, **fields: EncodableT) -> None:
-    _set_state(redis, event_id, hook_id, settings, state="dead", attempts=attempts,
+    _set_state(redis, event_id, hook_id, settings, state=DeliveryState.DEAD, attempts=attempts,
                event=body, merchant=merchant, **fields)
     now = redis_now(redis)  # trimmed by age: by a host's wrong clock, every one would go
-    redis.zadd(DEAD, {f"{merchant}|{event_id}|{hook_id}": now})
+    redis.zadd(DEAD, {dead_letter_member(merchant, event_id, hook_id): now})
     redis.zremrangebyscore(DEAD, 0, now - settings.history)  # their events are gone too
 
 
@@ -330,7 +336,7 @@ def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
         trips = int(redis.hincrby(key, "trips", 1))
         pause = min(PAUSE_FIRST * 2 ** (trips - 1), PAUSE_MAX)
         redis.hset(key, mapping={"paused_until": from_reply(now) + pause, "failures": 0})
-        redis.sadd(metrics.PAUSED, f"{merchant}/{hook.id}")
+        redis.sadd(PAUSED_HOOKS, f"{merchant}/{hook.id}")
         log.warning("hook_paused", pause_s=pause, trips=trips)
 
 
@@ -351,14 +357,13 @@ def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
         _defer(paused_until - now + random.uniform(0, 5))  # noqa: S311 - spread the wake-ups
     if not (paused_until or failures):
         return False
-    if not redis.set(f"{key}:probe", 1, nx=True, ex=int(settings.timeout) + 5):
+    if not redis.set(hook_probe_key(merchant, hook.id), 1, nx=True,
+                     ex=int(settings.timeout) + 5):
         _defer(min(settings.timeout, 10.0) + random.uniform(0, 2))  # noqa: S311
     return True
 
 
-def in_flight_key(merchant: str, hook: str) -> str:
-    """The deliveries to a hook in flight now, by the end of their lease."""
-    return f"{hook_key(merchant, hook)}:inflight"
+in_flight_key = hook_in_flight_key
 
 
 def _take_slot(redis: Redis, merchant: str, hook_id: str, event_id: str,

@@ -29,21 +29,27 @@ from redis.typing import EncodableT
 from rq import Callback as RQCallback
 from rq import Retry
 from rq.job import JobStatus
+from rq.registry import ScheduledJobRegistry
 
 from shared.clock import from_reply
-from shared.models import Callback, EventData, Fact, PaymentEvent, utcnow
+from shared.keys import (
+    ALL_EVENTS,
+    DEDUP_SECONDS,
+    FACT_MARK,
+    PAYMENT_SECONDS,
+    delivery_key,
+    event_key,
+    hook_key,
+    merchant_events_key,
+    payment_key,
+)
+from shared.models import Callback, DeliveryState, EventData, Fact, PaymentEvent, utcnow
 from shared.money import to_decimal_string
 from shared.queue import DELIVERIES, JobTemplate
 from shared.settings import HookSettings
 
-DEDUP_SECONDS = 10 * 86400  # IXOPAY retries for about 7 days 18 hours
-PAYMENT_SECONDS = 400 * 86400  # how long a payment's sequence and totals are kept
 DELIVER_EVENT = "workers.delivery.deliver_event"
 DELIVERY_FAILED = "workers.delivery.delivery_failed"
-ALL_EVENTS = "payhooks:events"
-# A field `fact:<event id>` in the payment's hash marks each fact recorded for it: the
-# event's own record goes after DEDUP_SECONDS, the payment's hash lives PAYMENT_SECONDS
-FACT_MARK = "fact:"
 # Facts of one payment recorded in one transaction: an answer listing 100,000 transactions
 # made one WATCH/MGET block Redis for 47 s; in slices, each Redis call stays small.
 FACTS_PER_TRANSACTION = 256
@@ -57,28 +63,6 @@ def event_id(merchant: str, provider: str, fact: Fact) -> str:
 
 def delivery_job_id(event: str, hook: str) -> str:
     return f"dlv_{event.removeprefix('evt_')}_{hook}"
-
-
-def event_key(event: str) -> str:
-    return f"payhooks:event:{event}"
-
-
-def delivery_key(event: str, hook: str) -> str:
-    """The hash with one delivery's state: queued, retrying, delivered, dead, dropped."""
-    return f"payhooks:delivery:{event}:{hook}"
-
-
-def attempts_key(event: str, hook: str) -> str:
-    return f"payhooks:attempts:{event}:{hook}"
-
-
-def hook_key(merchant: str, hook: str) -> str:
-    """The hash with a hook's health: failures in a row, pauses (workers/delivery.py)."""
-    return f"payhooks:hook:{merchant}:{hook}"
-
-
-def merchant_events_key(merchant: str) -> str:
-    return f"payhooks:events:{merchant}"
 
 
 def wants(hook: HookSettings, event_type: str) -> bool:
@@ -125,7 +109,7 @@ def _record_payment(
     see which hooks are paused (and Redis's time) when there is something new to deliver."""
     ids = [event_id(callback.merchant, callback.provider, fact) for fact in facts]
     keys = [event_key(event) for event in ids]
-    payment = f"payhooks:payment:{callback.merchant}:{callback.provider}:{facts[0].payment_id}"
+    payment = payment_key(callback.merchant, callback.provider, facts[0].payment_id)
     with redis.pipeline() as pipe:
         while True:
             try:
@@ -224,7 +208,8 @@ def _enqueue_delivery(pipe: Pipeline, template: JobTemplate, event: PaymentEvent
     job does not run, and step aside, while the hook is paused)."""
     merchant = event.data.merchant
     key = delivery_key(event.id, hook)
-    pipe.hset(key, mapping={"state": "paused" if paused_until else "queued", "attempts": 0,
+    state = DeliveryState.PAUSED if paused_until else DeliveryState.QUEUED
+    pipe.hset(key, mapping={"state": state.value, "attempts": 0,
                             "merchant": merchant, "callback_id": callback_id})
     pipe.expire(key, DEDUP_SECONDS)
     job_id = delivery_job_id(event.id, hook)
@@ -236,7 +221,8 @@ def _enqueue_delivery(pipe: Pipeline, template: JobTemplate, event: PaymentEvent
         return
     fields["status"] = JobStatus.SCHEDULED.value
     pipe.hset(template.job_key(job_id), mapping=fields)
-    pipe.zadd(f"rq:scheduled:{DELIVERIES}", {job_id: int(paused_until) + 1})
+    pipe.zadd(ScheduledJobRegistry.key_template.format(DELIVERIES),
+              {job_id: int(paused_until) + 1})
 
 
 def _keep_state(pipe: Pipeline, payment: str, changed: dict[str, int]) -> None:

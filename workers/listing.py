@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 from redis import Redis
 
-from shared.models import PaymentEvent
+from shared.keys import ALL_EVENTS, delivery_key, event_key, merchant_events_key
+from shared.models import FINAL_STATES, DeliveryState, PaymentEvent
 from shared.settings import Settings
-from workers.events import ALL_EVENTS, delivery_key, event_key, merchant_events_key, wants
+from workers.events import wants
 from workers.unsupported import unsupported_callbacks
 
 
@@ -27,8 +28,10 @@ def recent_events(redis: Redis, merchant: str | None = None, limit: int = 50
 
 
 def delivery_states(redis: Redis, settings: Settings, event: PaymentEvent) -> dict[str, str]:
-    """Each hook that takes this event, with its delivery state: queued, retrying (attempt
-    n, next try), delivered (after n attempts), dead (dead-lettered), dropped."""
+    """Each hook that takes this event, with its delivery state (shared.models.
+    DeliveryState): queued, paused, retrying (attempt n, next try), delivered (after n
+    attempts), dead (dead-lettered, with RQ's reason when it ended the last try), dropped;
+    expired once its history is gone."""
     merchant = settings.merchants.get(event.data.merchant)
     configured = merchant.hooks if merchant else ()
     states = {}
@@ -40,15 +43,15 @@ def delivery_states(redis: Redis, settings: Settings, event: PaymentEvent) -> di
 
 
 def _describe(fields: dict[str, str]) -> str:
-    state = fields.get("state", "expired")
+    state = fields.get("state", "expired")  # a DeliveryState, or gone with its history
     attempts = int(fields.get("attempts") or 0)
-    if state == "retrying" and "next_at" in fields:
+    if state == DeliveryState.RETRYING and "next_at" in fields:
         wait = max(0, float(fields["next_at"]) - time.time())
         return f"retrying (attempt {attempts} failed, next in {wait:.0f} s)"
     details = [f"{attempts} attempt{'s' if attempts > 1 else ''}"] if attempts else []
-    if state in ("dead", "dropped") and "reason" in fields:
+    if state in (DeliveryState.DEAD, DeliveryState.DROPPED) and "reason" in fields:
         details.append(fields["reason"])  # an ending our attempts did not see (RQ's)
-    if state in ("delivered", "dead", "dropped") and details:
+    if state in FINAL_STATES and details:
         return f"{state} ({', '.join(details)})"
     return state
 

@@ -22,10 +22,12 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+from shared.keys import DEAD_LETTERS as DEAD
+from shared.keys import delivery_key
+from shared.models import DeliveryState
 from shared.queue import DELIVERIES
 from shared.settings import Settings
-from workers.delivery import DEAD
-from workers.events import DELIVER_EVENT, delivery_job_id, delivery_job_options, delivery_key
+from workers.events import DELIVER_EVENT, delivery_job_id, delivery_job_options
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ def _requeue(redis: Redis, queue: Queue, failed: FailedJobRegistry, letter: Dead
              schedule: list[int]) -> None:
     job_id = delivery_job_id(letter.event, letter.hook)
     redis.hset(delivery_key(letter.event, letter.hook),
-               mapping={"state": "queued", "replayed_at": time.time()})
+               mapping={"state": DeliveryState.QUEUED.value, "replayed_at": time.time()})
     try:
         job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:  # RQ's copy expired (failure_ttl): make the same job again

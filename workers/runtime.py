@@ -22,6 +22,7 @@ from redis import Redis
 from shared import slots
 from shared.errors import ProviderBusy
 from shared.http import PROVIDER_DEADLINE, make_client
+from shared.keys import provider_in_flight_key, rate_limit_key
 from shared.providers import build_providers
 from shared.providers.base import FollowUp, Provider
 from shared.settings import Settings, load_settings
@@ -71,7 +72,7 @@ class Runtime:
     def limit(self, key: str, per_minute: int) -> None:
         """A fixed one-minute window shared by every worker, timed by Redis's clock (the
         workers' hosts may disagree): ProviderBusy when spent."""
-        used, left = self.redis.register_script(_SPEND)(keys=[f"payhooks:ratelimit:{key}"])
+        used, left = self.redis.register_script(_SPEND)(keys=[rate_limit_key(key)])
         if int(used) > per_minute:
             raise ProviderBusy(f"{key}: {per_minute} requests a minute already used",
                                retry_after=float(left))
@@ -81,7 +82,7 @@ class Runtime:
         """One of `cap` places among the follow-ups in flight to the URL's scheme, host and
         port, for the request's duration (shared.slots); ProviderBusy when all are taken."""
         parsed = httpx.URL(url)
-        key = f"payhooks:inflight:{parsed.scheme}://{parsed.netloc.decode()}"
+        key = provider_in_flight_key(f"{parsed.scheme}://{parsed.netloc.decode()}")
         member = uuid.uuid4().hex
         if not slots.take(self.redis, key, member, PROVIDER_DEADLINE + 5, cap):
             raise ProviderBusy(f"{parsed.host}: {cap} follow-up queries already in flight",

@@ -26,19 +26,19 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from shared.clock import redis_now
+from shared.keys import UNSUPPORTED, UNSUPPORTED_SECONDS, unsupported_key
 from shared.models import Callback
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
 
-INDEX = "payhooks:unsupported"
-KEEP_SECONDS = 30 * 86400  # as long as RQ keeps a failed callback job
+INDEX = UNSUPPORTED
+KEEP_SECONDS = UNSUPPORTED_SECONDS  # as long as RQ keeps a failed callback job
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def entry_key(callback_id: str) -> str:
-    return f"{INDEX}:{callback_id}"
+entry_key = unsupported_key
 
 
 @dataclass(frozen=True, slots=True)
