@@ -178,7 +178,7 @@ def _ingress(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from workers.__main__ import work
+    from workers.worker import work
 
     return work(_settings(args), burst=args.burst)
 

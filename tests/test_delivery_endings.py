@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-import workers.__main__ as worker_main
+import workers.worker as worker_main
 from shared.keys import delivery_key
 from shared.queue import DELIVERIES
 from shared.simulators.client import SimulatorClient

@@ -28,9 +28,9 @@ from tests.helpers import (
     to_toml,
     worker_config,
 )
-from workers.__main__ import build_worker
 from workers.listing import recent_events
 from workers.runtime import Runtime
+from workers.worker import build_worker
 
 
 async def send(client: TestClient[Any, Any], callback: OutgoingCallback) -> int:

@@ -24,9 +24,9 @@ from shared.queue import CALLBACKS
 from shared.settings import Settings, settings_from_dict
 from tests.helpers import HOOK_SECRET, IFTHENPAY_KEY, MERCHANT_CONFIG, secrets_in, to_toml
 from workers import runtime as runtimes
-from workers.__main__ import build_worker
 from workers.listing import recent_events
 from workers.unsupported import INDEX
+from workers.worker import build_worker
 
 # ifthenpay/joomla-virtuemart: helpers/ifthenpayhelper.php builds this template
 VIRTUEMART = ("option=com_virtuemart&view=pluginresponse&task=pluginnotification"

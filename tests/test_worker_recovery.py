@@ -1,7 +1,7 @@
 """Workers recover by themselves: from being killed mid-job or just after taking a job, and
 from Redis going away.
 
-The workers here are `workers.__main__.work`, as `payhooks worker` runs it, in forked
+The workers here are `workers.worker.work`, as `payhooks worker` runs it, in forked
 children (so that the lease and clean-up periods can be shortened for the test), on a
 Redis of the test's own with AOF on, so that it can be stopped and started again.
 The job is `slow_job`: it counts its runs in Redis, then sleeps.
@@ -26,7 +26,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-import workers.__main__ as worker_main
+import workers.worker as worker_main
 from shared.redis_server import RedisServer
 from tests.conftest import make_settings
 from tests.helpers import faketime_binary
@@ -235,7 +235,7 @@ def test_a_sweep_lock_left_by_a_killed_worker_lapses_within_a_minute(server: Red
 
 SKEWED_WORKER = """
 import sys
-import workers.__main__ as worker_main
+import workers.worker as worker_main
 from tests.conftest import make_settings
 worker_main.LEASE_SECONDS, worker_main.RENEW_SECONDS, worker_main.MAINTENANCE_SECONDS = 2, 0.3, 1
 sys.exit(worker_main.work(make_settings(sys.argv[1], logging={"level": "warning"})))

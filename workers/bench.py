@@ -401,7 +401,7 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> in
 def work(config: str, queue: str, burst: bool) -> int:
     """The measured worker: `build_worker`'s SimpleWorker on one queue, logging as deployed."""
     from shared.logging import configure_logging
-    from workers.__main__ import build_worker
+    from workers.worker import build_worker
 
     settings = load_settings(config)
     configure_logging(settings.logging)

@@ -24,8 +24,8 @@ from shared.settings import Settings, settings_from_dict
 from tests.conformance.harness import MERCHANT, AnswerServer, Case, all_cases
 from tests.helpers import HOOK_SECRET, MERCHANT_CONFIG, raw
 from workers import runtime as runtimes
-from workers.__main__ import build_worker
 from workers.listing import recent_events
+from workers.worker import build_worker
 
 CASES = all_cases()
 _EVENT_FIELDS = ("type", "amount_minor", "currency", "order_id", "payment_id",
