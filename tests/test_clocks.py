@@ -17,7 +17,7 @@ import redis
 from shared.settings import DeliverySettings
 from tests.conftest import make_settings
 from tests.helpers import faketime_binary
-from workers.delivery import DEAD, _dead_letter, _note_failure
+from workers.delivery import DEAD, dead_letter, note_failure
 
 AHEAD = """
 import sys
@@ -29,11 +29,11 @@ from workers import delivery
 client = redis.Redis.from_url(sys.argv[1])
 [hook] = make_settings(sys.argv[1]).merchants["shop-eu"].hooks
 try:
-    delivery._wait_if_paused(client, "shop-eu", hook, DeliverySettings())
+    delivery.wait_if_paused(client, "shop-eu", hook, DeliverySettings())
     print("attempted")
 except PayhooksError as exc:
     print(exc.__class__.__name__)
-delivery._dead_letter(client, "shop-eu", "orders", "evt_ahead", b"{}", 7, DeliverySettings())
+delivery.dead_letter(client, "shop-eu", "orders", "evt_ahead", b"{}", 7, DeliverySettings())
 """
 
 
@@ -50,8 +50,8 @@ def test_a_host_whose_clock_is_ahead_keeps_pauses_and_dead_letters(
     settings = DeliverySettings()
     [hook] = make_settings(redis_url).merchants["shop-eu"].hooks
     for _ in range(settings.pause_after):  # paused for a minute, by this host
-        _note_failure(redis_client, "shop-eu", hook, settings)
-    _dead_letter(redis_client, "shop-eu", "orders", "evt_now", b"{}", 7, settings)
+        note_failure(redis_client, "shop-eu", hook, settings)
+    dead_letter(redis_client, "shop-eu", "orders", "evt_now", b"{}", 7, settings)
     assert run_ahead("+2h", redis_url) == "HookPaused"  # still paused for it
     run_ahead("+40d", redis_url)
     members: list[bytes] = redis_client.zrange(DEAD, 0, -1)  # type: ignore[assignment]

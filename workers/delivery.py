@@ -124,7 +124,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     origin = runtime.redis.hget(delivery_key(event_id, hook_id), "callback_id")
     if isinstance(origin, bytes):  # follow a callback through to its deliveries in the logs
         structlog.contextvars.bind_contextvars(callback_id=origin.decode())
-    probing = _wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
+    probing = wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
     try:
         slot = _take_slot(runtime.redis, merchant, hook.id, event_id, settings.delivery)
     except HookPaused:
@@ -170,7 +170,7 @@ def delivery_failed(job: Job, connection: Redis, kind: type[BaseException] | Non
                        reason=reason)
             return
         attempts = int(connection.hget(delivery_key(event_id, hook_id), "attempts") or 0)
-        _dead_letter(connection, merchant, hook_id, event_id, body, attempts, settings,
+        dead_letter(connection, merchant, hook_id, event_id, body, attempts, settings,
                      reason=reason)
         batch = metrics.Batch()
         batch.count("deliveries", merchant, hook_id, "dead")
@@ -263,7 +263,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
                    attempts=number)
         log.info("event_delivered", **outcome)
         return {"state": DeliveryState.DELIVERED.value, **outcome}
-    _note_failure(redis, merchant, hook, settings)
+    note_failure(redis, merchant, hook, settings)
     job = get_current_job()
     if job is not None and job.retries_left:
         delay = _next_delay(settings.retry_schedule, number, attempt.retry_after)
@@ -275,7 +275,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
         log.warning("delivery_failed", next_in_s=round(delay, 1), **outcome)
     else:
         batch.count("deliveries", merchant, hook.id, "dead")
-        _dead_letter(redis, merchant, hook.id, event_id, body, number, settings)
+        dead_letter(redis, merchant, hook.id, event_id, body, number, settings)
         log.error("delivery_dead_lettered", **outcome)
     raise DeliveryFailed(f"attempt {number}: {attempt.status or attempt.error}")
 
@@ -313,7 +313,7 @@ def _set_state(redis: Redis, event_id: str, hook_id: str, settings: DeliverySett
     pipe.execute()
 
 
-def _dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: bytes,
+def dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: bytes,
                  attempts: int, settings: DeliverySettings, **fields: EncodableT) -> None:
     _set_state(redis, event_id, hook_id, settings, state=DeliveryState.DEAD, attempts=attempts,
                event=body, merchant=merchant, **fields)
@@ -322,7 +322,7 @@ def _dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body:
     redis.zremrangebyscore(DEAD, 0, now - settings.history)  # their events are gone too
 
 
-def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
+def note_failure(redis: Redis, merchant: str, hook: HookSettings,
                   settings: DeliverySettings) -> None:
     """Count a failure in a row; pause the hook when there are `pause_after` of them."""
     key = hook_key(merchant, hook.id)
@@ -340,7 +340,7 @@ def _note_failure(redis: Redis, merchant: str, hook: HookSettings,
         log.warning("hook_paused", pause_s=pause, trips=trips)
 
 
-def _wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
+def wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
                     settings: DeliverySettings) -> bool:
     """HookPaused (with this attempt given back) while the hook is paused, or while another
     worker has an attempt in flight to a hook that is failing. True when this delivery holds

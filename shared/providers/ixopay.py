@@ -317,7 +317,7 @@ def _callback_fields(body: bytes) -> dict[str, Any]:
     return load_json_object(body)
 
 
-def _order_id(merchant_transaction_id: str, pattern: re.Pattern[str] | None) -> str | None:
+def order_id_in(merchant_transaction_id: str, pattern: re.Pattern[str] | None) -> str | None:
     """The shop's order in a merchantTransactionId, by the merchant's `order_id_pattern`."""
     match = pattern.fullmatch(merchant_transaction_id) if pattern else None
     return (match.group("order") if match else merchant_transaction_id) or None
@@ -342,7 +342,7 @@ def _fact(data: dict[str, Any], kind: EventType, result: str,
         key=f"{uuid}:{transaction_type}:{result}",
         payment_id=str(original),
         transaction_id=uuid,
-        order_id=_order_id(str(chargeback.get("originalMerchantTransactionId")
+        order_id=order_id_in(str(chargeback.get("originalMerchantTransactionId")
                                or data.get("merchantTransactionId") or ""), order_pattern),
         amount_minor=to_minor(amount, currency) if amount not in (None, "") else None,
         currency=currency,

@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 
 from shared.errors import Unauthorized
 from shared.providers.base import Incoming
-from shared.providers.ixopay import JSON_CONTENT_TYPE, Ixopay, _order_id, sign
+from shared.providers.ixopay import JSON_CONTENT_TYPE, Ixopay, order_id_in, sign
 from shared.settings import IxopaySettings
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ixopay"
@@ -203,8 +203,8 @@ def test_order_id_pattern_takes_the_order_out_of_the_merchant_transaction_id() -
     """The white labels' WooCommerce and OpenCart plugins send `<order>-<YmdHis><hex>`;
     an id the pattern does not match is the order as it is."""
     pattern = re.compile(r"(?:capture-|void-|refund-)?(?P<order>[^-]+)-[0-9]{14}[0-9a-f]{10}")
-    assert _order_id("capture-2051-20240407143010c1d2e3f4a5", pattern) == "2051"
-    assert _order_id("1187-20240312094501a3f9c2d7e1", pattern) == "1187"
-    assert _order_id("000000142", pattern) == "000000142"
-    assert _order_id("1187-20240312094501a3f9c2d7e1", None) == "1187-20240312094501a3f9c2d7e1"
-    assert _order_id("", pattern) is None
+    assert order_id_in("capture-2051-20240407143010c1d2e3f4a5", pattern) == "2051"
+    assert order_id_in("1187-20240312094501a3f9c2d7e1", pattern) == "1187"
+    assert order_id_in("000000142", pattern) == "000000142"
+    assert order_id_in("1187-20240312094501a3f9c2d7e1", None) == "1187-20240312094501a3f9c2d7e1"
+    assert order_id_in("", pattern) is None
