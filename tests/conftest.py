@@ -16,14 +16,9 @@ found fails the test. The session ends with one line: lines and jobs searched, s
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
-import re
-import threading
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -38,7 +33,13 @@ from shared.redis_server import RedisServer, answers
 from shared.settings import LoggingSettings, Settings, settings_from_dict
 from shared.simulators import Simulators
 from shared.simulators.client import SimulatorClient
-from tests.helpers import MERCHANT_CONFIG, SECRETS, leak_forms, secrets_of, worker_config
+from tests.helpers import (
+    SECRETS,
+    SecretWatch,
+    make_settings,
+    secrets_of,
+    worker_config,
+)
 from workers import runtime as runtimes
 from workers.runtime import Runtime
 
@@ -71,10 +72,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_settings(redis_url: str, **overrides: Any) -> Settings:
-    raw: dict[str, Any] = {"redis_url": redis_url, "merchants": MERCHANT_CONFIG}
-    raw.update(overrides)
-    return settings_from_dict(raw, environ={})
 
 
 @pytest.fixture
@@ -151,116 +148,12 @@ def worker_runtime(worker_settings: Settings, admin: SimulatorClient) -> Iterato
 
 # Secrets in log lines and in Redis ------------------------------------------------------
 
-_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}")
-_REDIS_READERS = {
-    b"string": lambda pipe, key: pipe.get(key),
-    b"hash": lambda pipe, key: pipe.hgetall(key),
-    b"list": lambda pipe, key: pipe.lrange(key, 0, -1),
-    b"set": lambda pipe, key: pipe.smembers(key),
-    b"zset": lambda pipe, key: pipe.zrange(key, 0, -1),
-    b"stream": lambda pipe, key: pipe.xrange(key),
-}
 
 
-class SecretWatch:
-    """Searches log lines and Redis for known secrets (see the module docstring)."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self.base = tuple(secrets)
-        self.lines = self.jobs = self.values = self.found = 0
-        self._pending: list[str] = []
-        self._lock = threading.Lock()
-        self._redis: dict[str, redis.Redis] = {}
-        self.learn(())
-
-    def learn(self, secrets: Iterable[str]) -> None:
-        """Search for these too (until the next call), besides the base secrets."""
-        known = {*self.base, *(s for s in leak_forms(secrets) if len(s) >= 8)}
-        alternation = "|".join(re.escape(s) for s in sorted(known, key=len, reverse=True))
-        self._text = re.compile(alternation)
-        self._bytes = re.compile(alternation.encode())
-
-    def write(self, line: str) -> None:
-        """A line as the process writes it (any thread); searched at the next check."""
-        with self._lock:
-            self._pending.append(line)
-
-    def take_lines(self) -> list[str]:
-        """The lines written since the last take (counted as searched)."""
-        with self._lock:
-            lines, self._pending = self._pending, []
-        self.lines += len(lines)
-        return lines
-
-    def problems_in(self, lines: Iterable[str]) -> list[str]:
-        return [f"log line: {self._show(line)}" for line in lines if self._text.search(line)]
-
-    def check_lines(self) -> list[str]:
-        return self.problems_in(self.take_lines())
-
-    def check_redis(self, url: str) -> list[str]:
-        """Every key and value in the database at `url`: job hashes field by field, with
-        their zlib data and the base64 in it (callback bodies), RQ results (streams),
-        events, attempts, indexes."""
-        client = self._redis.get(url)
-        if client is None:
-            client = self._redis[url] = redis.Redis.from_url(url)
-        keys = list(client.scan_iter(count=1000))
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.type(key)
-        kinds = pipe.execute()
-        for key, kind in zip(keys, kinds, strict=True):
-            _REDIS_READERS.get(kind, lambda pipe, key: pipe.exists(key))(pipe, key)
-        problems = []
-        for key, kind, value in zip(keys, kinds, pipe.execute(raise_on_error=False),
-                                    strict=True):
-            self.jobs += key.startswith(b"rq:job:") and kind == b"hash"
-            for blob in (key, *_blobs(value)):
-                self.values += 1
-                for text in _expand(blob):
-                    if self._bytes.search(text):
-                        problems.append(f"Redis {key.decode(errors='replace')}: "
-                                        f"{self._show(text.decode(errors='replace'))}")
-                        break
-        return problems
-
-    def _show(self, text: str) -> str:
-        """Where the secret was, the secret itself replaced."""
-        match = self._text.search(text)
-        start = max(0, match.start() - 120) if match else 0
-        return self._text.sub("<SECRET>", text[start:start + 400])
 
 
-def _blobs(value: object) -> Iterator[bytes]:
-    if isinstance(value, bytes):
-        yield value
-    elif isinstance(value, dict):
-        for pair in value.items():
-            yield from _blobs(pair)
-    elif isinstance(value, list | tuple | set):
-        for item in value:
-            yield from _blobs(item)
 
 
-def _expand(blob: bytes, depth: int = 0) -> Iterator[bytes]:
-    """The value, and what it holds zlib-compressed or base64-encoded (two levels deep)."""
-    yield blob
-    if depth == 2:
-        return
-    if blob[:1] == b"x":
-        try:
-            yield from _expand(zlib.decompress(blob), depth + 1)
-            return
-        except zlib.error:
-            pass
-    for run in _BASE64_RUN.findall(blob):
-        run = run.replace(b"-", b"+").replace(b"_", b"/")
-        try:
-            decoded = base64.b64decode(run + b"=" * (-len(run) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        yield from _expand(decoded, depth + 1)
 
 
 class _WatchedLogger:

@@ -3,31 +3,41 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
+import re
 import shutil
 import subprocess
+import threading
+import time
 import tomllib
+import urllib.request
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 import redis
 from pydantic import BaseModel, SecretStr
-from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq import Queue, Retry, SimpleWorker, get_current_job
+from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from shared import dev
 from shared.models import Callback
 from shared.providers import ixopay
-from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
+from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, DELIVERIES, PROCESS_CALLBACK
 from shared.settings import Settings, settings_from_dict
+from shared.simulators import callbacks as build
+from shared.simulators.client import SimulatorClient
+from workers import worker as worker_main
+from workers.runtime import Runtime
 
 IXOPAY_SECRET = "ixopay-shared-secret-for-tests"
 IXOPAY_API_KEY = "api-key-for-tests"
@@ -289,3 +299,221 @@ def secrets_in(text: str) -> list[str]:
     """The known secrets that appear in this text: for a process's output, which the
     check in tests/conftest.py does not see."""
     return [secret for secret in SECRETS if secret in text]
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    raw: dict[str, Any] = {"redis_url": redis_url, "merchants": MERCHANT_CONFIG}
+    raw.update(overrides)
+    return settings_from_dict(raw, environ={})
+
+
+class SecretWatch:
+    """Searches log lines and Redis for known secrets (see the module docstring)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.base = tuple(secrets)
+        self.lines = self.jobs = self.values = self.found = 0
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._redis: dict[str, redis.Redis] = {}
+        self.learn(())
+
+    def learn(self, secrets: Iterable[str]) -> None:
+        """Search for these too (until the next call), besides the base secrets."""
+        known = {*self.base, *(s for s in leak_forms(secrets) if len(s) >= 8)}
+        alternation = "|".join(re.escape(s) for s in sorted(known, key=len, reverse=True))
+        self._text = re.compile(alternation)
+        self._bytes = re.compile(alternation.encode())
+
+    def write(self, line: str) -> None:
+        """A line as the process writes it (any thread); searched at the next check."""
+        with self._lock:
+            self._pending.append(line)
+
+    def take_lines(self) -> list[str]:
+        """The lines written since the last take (counted as searched)."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+        self.lines += len(lines)
+        return lines
+
+    def problems_in(self, lines: Iterable[str]) -> list[str]:
+        return [f"log line: {self._show(line)}" for line in lines if self._text.search(line)]
+
+    def check_lines(self) -> list[str]:
+        return self.problems_in(self.take_lines())
+
+    def check_redis(self, url: str) -> list[str]:
+        """Every key and value in the database at `url`: job hashes field by field, with
+        their zlib data and the base64 in it (callback bodies), RQ results (streams),
+        events, attempts, indexes."""
+        client = self._redis.get(url)
+        if client is None:
+            client = self._redis[url] = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        kinds = pipe.execute()
+        for key, kind in zip(keys, kinds, strict=True):
+            _REDIS_READERS.get(kind, lambda pipe, key: pipe.exists(key))(pipe, key)
+        problems = []
+        for key, kind, value in zip(keys, kinds, pipe.execute(raise_on_error=False),
+                                    strict=True):
+            self.jobs += key.startswith(b"rq:job:") and kind == b"hash"
+            for blob in (key, *_blobs(value)):
+                self.values += 1
+                for text in _expand(blob):
+                    if self._bytes.search(text):
+                        problems.append(f"Redis {key.decode(errors='replace')}: "
+                                        f"{self._show(text.decode(errors='replace'))}")
+                        break
+        return problems
+
+    def _show(self, text: str) -> str:
+        """Where the secret was, the secret itself replaced."""
+        match = self._text.search(text)
+        start = max(0, match.start() - 120) if match else 0
+        return self._text.sub("<SECRET>", text[start:start + 400])
+
+
+def _blobs(value: object) -> Iterator[bytes]:
+    if isinstance(value, bytes):
+        yield value
+    elif isinstance(value, dict):
+        for pair in value.items():
+            yield from _blobs(pair)
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            yield from _blobs(item)
+
+
+def _expand(blob: bytes, depth: int = 0) -> Iterator[bytes]:
+    """The value, and what it holds zlib-compressed or base64-encoded (two levels deep)."""
+    yield blob
+    if depth == 2:
+        return
+    if blob[:1] == b"x":
+        try:
+            yield from _expand(zlib.decompress(blob), depth + 1)
+            return
+        except zlib.error:
+            pass
+    for run in _BASE64_RUN.findall(blob):
+        run = run.replace(b"-", b"+").replace(b"_", b"/")
+        try:
+            decoded = base64.b64decode(run + b"=" * (-len(run) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        yield from _expand(decoded, depth + 1)
+
+
+MERCHANT_ID = "12002835"
+
+
+NETAXEPT_CREDENTIALS = (NETAXEPT_USER, NETAXEPT_PASSWORD)
+
+
+def netaxept(admin: SimulatorClient, transaction_id: str, **state: Any) -> dict[str, Any]:
+    admin.netaxept_transaction(transaction_id, MERCHANT_ID, state.pop("amount", 10000),
+                               currency="NOK", order_number="order-77", **state)
+    return netaxept_callback(transaction_id)
+
+
+def netaxept_callback(transaction_id: str) -> dict[str, Any]:
+    """The stored callback of Netaxept's `{"TransactionId"}`, with shop-eu's credentials."""
+    outgoing = build.netaxept_callback("shop-eu", transaction_id, *NETAXEPT_CREDENTIALS)
+    return stored_callback(outgoing, "shop-eu", "netaxept")
+
+
+OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1rZXktMTIzNDU2"  # base64 of a 21-byte key
+
+
+def settings_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any) -> Settings:
+    """shop-eu's hooks at the endpoint: orders (two secrets, rotating) and refunds."""
+    config = worker_config(redis_url, sims_url)
+    config["delivery"].update(delivery)
+    orders, refunds = config["merchants"]["shop-eu"]["hooks"]
+    orders.update(url=f"{endpoint_url}/orders", secret=[HOOK_SECRET, OLD_SECRET])
+    refunds.update(url=f"{endpoint_url}/refunds")
+    return settings_from_dict(config, environ={})
+
+
+def work(runtime: Runtime) -> None:
+    queue = Queue(DELIVERIES, connection=runtime.redis, serializer=JSONSerializer)
+    SimpleWorker([queue], connection=runtime.redis, serializer=JSONSerializer).work(
+        burst=True, with_scheduler=False)
+
+
+RUNS = "test:runs"
+
+
+def slow_job(seconds: float) -> None:
+    job = get_current_job()
+    assert job is not None
+    job.connection.incr(RUNS)
+    time.sleep(seconds)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float,
+               what: str | Callable[[], str]) -> None:
+    """Wait for `condition`, at most `seconds`; else fail saying `what` (or what it gives)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what if isinstance(what, str) else what()
+        time.sleep(0.05)
+
+
+def http_answers(url: str) -> bool:
+    """Whether a GET of `url` gets any HTTP answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def enqueue(url: str, seconds: float) -> Job:
+    queue = Queue("callbacks", connection=redis.Redis.from_url(url), serializer=JSONSerializer)
+    return queue.enqueue(slow_job, seconds, retry=Retry(max=2, interval=1), job_timeout=60)
+
+
+def finished(job: Job) -> bool:
+    return job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def fork_worker(url: str) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: a worker until SIGTERM, as `payhooks worker`
+        code = 1
+        try:
+            code = worker_main.work(make_settings(url, logging={"level": "warning"}))
+        finally:
+            os._exit(code)
+    return pid
+
+
+def wait_until_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"the ingress did not start:\n{log.read_text()[-2000:]}")
+
+
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}")
+
+
+_REDIS_READERS = {
+    b"string": lambda pipe, key: pipe.get(key),
+    b"hash": lambda pipe, key: pipe.hgetall(key),
+    b"list": lambda pipe, key: pipe.lrange(key, 0, -1),
+    b"set": lambda pipe, key: pipe.smembers(key),
+    b"zset": lambda pipe, key: pipe.zrange(key, 0, -1),
+    b"stream": lambda pipe, key: pipe.xrange(key),
+}

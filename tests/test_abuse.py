@@ -65,7 +65,6 @@ from shared.simulators import callbacks as build
 from shared.simulators.callbacks import OutgoingCallback
 from shared.simulators.client import SimulatorClient
 from shared.simulators.merchant import MerchantEndpoint
-from tests.conftest import SecretWatch
 from tests.helpers import (
     HOOK_SECRET,
     IFTHENPAY_KEY,
@@ -78,6 +77,7 @@ from tests.helpers import (
     ORDER,
     OTHER_SHOP,
     PAYMENT,
+    SecretWatch,
     queued_callbacks,
     worker_config,
 )

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +13,15 @@ import pytest
 import redis
 
 from shared.redis_server import free_port
-from tests.helpers import IFTHENPAY_KEY, IXOPAY_SECRET, NETAXEPT_AUTH, ixopay_body, ixopay_headers
+from tests.helpers import (
+    IFTHENPAY_KEY,
+    IXOPAY_SECRET,
+    NETAXEPT_AUTH,
+    http_answers,
+    ixopay_body,
+    ixopay_headers,
+    wait_until,
+)
 
 CONFIG = f"""
 [ingress]
@@ -84,7 +91,7 @@ def test_the_ingress_process_serves_logs_without_secrets_and_stops_on_sigterm(
                                env=env, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/healthz")
+        wait_until(lambda: http_answers(f"{base}/healthz"), 15, "the server did not answer")
         body = ixopay_body()
         uri = "/callbacks/shop-eu/ixopay"
         requests = [
@@ -112,13 +119,3 @@ def test_the_ingress_process_serves_logs_without_secrets_and_stops_on_sigterm(
     assert redis.Redis.from_url(redis_url).llen("rq:queue:callbacks") == 3
 
 
-def _wait_for(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)

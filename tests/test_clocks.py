@@ -15,8 +15,7 @@ from pathlib import Path
 import redis
 
 from shared.settings import DeliverySettings
-from tests.conftest import make_settings
-from tests.helpers import faketime_binary
+from tests.helpers import faketime_binary, make_settings
 from workers.delivery import DEAD, dead_letter, note_failure
 
 AHEAD = """
@@ -24,7 +23,7 @@ import sys
 import redis
 from shared.errors import PayhooksError
 from shared.settings import DeliverySettings
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 from workers import delivery
 client = redis.Redis.from_url(sys.argv[1])
 [hook] = make_settings(sys.argv[1]).merchants["shop-eu"].hooks

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
@@ -20,11 +20,17 @@ from standardwebhooks import Webhook
 from ingress.app import create_app
 from shared.keys import attempts_key, delivery_key, hook_key
 from shared.queue import DELIVERIES
-from shared.settings import Settings, settings_from_dict
 from shared.simulators.client import SimulatorClient
 from shared.simulators.merchant import Answer, MerchantEndpoint
-from tests.helpers import HOOK_SECRET, to_toml, worker_config
-from tests.test_tasks import netaxept
+from tests.helpers import (
+    HOOK_SECRET,
+    OLD_SECRET,
+    netaxept,
+    settings_for,
+    to_toml,
+    work,
+    worker_config,
+)
 from workers import runtime as runtimes
 from workers.delivery import DEAD, in_flight_key
 from workers.events import delivery_job_id
@@ -33,8 +39,6 @@ from workers.replay import dead_letters, replay
 from workers.runtime import Runtime
 from workers.tasks import process_callback
 
-OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1rZXktMTIzNDU2"  # base64 of a 21-byte key
-
 
 @pytest.fixture
 def endpoint() -> Iterator[MerchantEndpoint]:
@@ -42,14 +46,6 @@ def endpoint() -> Iterator[MerchantEndpoint]:
         yield server
 
 
-def settings_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any) -> Settings:
-    """shop-eu's hooks at the endpoint: orders (two secrets, rotating) and refunds."""
-    config = worker_config(redis_url, sims_url)
-    config["delivery"].update(delivery)
-    orders, refunds = config["merchants"]["shop-eu"]["hooks"]
-    orders.update(url=f"{endpoint_url}/orders", secret=[HOOK_SECRET, OLD_SECRET])
-    refunds.update(url=f"{endpoint_url}/refunds")
-    return settings_from_dict(config, environ={})
 
 
 @pytest.fixture
@@ -64,10 +60,6 @@ def delivering(worker_runtime: Runtime, endpoint: MerchantEndpoint,
     runtimes.install(worker_runtime)
 
 
-def work(runtime: Runtime) -> None:
-    queue = Queue(DELIVERIES, connection=runtime.redis, serializer=JSONSerializer)
-    SimpleWorker([queue], connection=runtime.redis, serializer=JSONSerializer).work(
-        burst=True, with_scheduler=False)
 
 
 def make_due(runtime: Runtime) -> list[str]:

@@ -25,9 +25,8 @@ import workers.worker as worker_main
 from shared.keys import delivery_key
 from shared.queue import DELIVERIES
 from shared.simulators.client import SimulatorClient
+from tests.helpers import netaxept, settings_for, work
 from tests.hostile import HostileServer
-from tests.test_delivery import settings_for, work
-from tests.test_tasks import netaxept
 from workers import runtime as runtimes
 from workers.delivery import DEAD
 from workers.events import delivery_job_id

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from shared.redis_server import free_port
 from shared.simulate import simulate
-from tests.helpers import secrets_in
+from tests.helpers import secrets_in, wait_until
 
 
 def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
@@ -36,12 +35,12 @@ def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
     assert stdout is not None
     threading.Thread(target=lambda: output.extend(iter(stdout.readline, "")), daemon=True).start()
     try:
-        wait_for(lambda: any("payhooks dev is up" in line for line in output), output)
+        wait_until_output(lambda: any("payhooks dev is up" in line for line in output), output)
         ingress = f"http://127.0.0.1:{ports['ingress']}"
         simulators = f"http://127.0.0.1:{ports['simulators']}"
         for provider in ("ixopay", "ifthenpay", "netaxept", "payex"):
             assert simulate(provider, ingress=ingress, simulators=simulators) == 0
-        wait_for(lambda: sum("merchant endpoint received" in line for line in output) >= 6,
+        wait_until_output(lambda: sum("merchant endpoint received" in line for line in output) >= 6,
                  output)
         received = [line for line in output if "merchant endpoint received" in line]
         for provider in ("ixopay", "ifthenpay", "netaxept", "payex"):
@@ -62,9 +61,6 @@ def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
 
 
-def wait_for(condition: Callable[[], bool], output: list[str], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out; output:\n" + "".join(output[-60:]))
-        time.sleep(0.2)
+def wait_until_output(condition: Callable[[], bool], output: list[str],
+                      timeout: float = 60.0) -> None:
+    wait_until(condition, timeout, lambda: "timed out; output:\n" + "".join(output[-60:]))

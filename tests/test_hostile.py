@@ -27,10 +27,17 @@ from shared.settings import settings_from_dict
 from shared.simulators import callbacks as build
 from shared.simulators.client import SimulatorClient
 from tests.conformance.harness import AnswerServer
-from tests.helpers import run_callback_job, seconds_until_due, stored_callback, worker_config
+from tests.helpers import (
+    netaxept,
+    netaxept_callback,
+    run_callback_job,
+    seconds_until_due,
+    settings_for,
+    stored_callback,
+    work,
+    worker_config,
+)
 from tests.hostile import HostileServer
-from tests.test_delivery import settings_for, work
-from tests.test_tasks import netaxept, netaxept_callback
 from workers import runtime as runtimes
 from workers.events import FACTS_PER_TRANSACTION
 from workers.listing import recent_events

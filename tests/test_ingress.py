@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestClient
 from ingress import keys as app_keys
 from ingress.app import create_app
 from shared.settings import Settings
-from tests.conftest import make_settings
 from tests.helpers import (
     IFTHENPAY_KEY,
     IXOPAY_SECRET,
@@ -26,6 +25,7 @@ from tests.helpers import (
     basic,
     ixopay_body,
     ixopay_headers,
+    make_settings,
     queued_callbacks,
     raw,
 )

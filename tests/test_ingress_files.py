@@ -26,8 +26,7 @@ import pytest
 from ingress.connections import RESERVED_FILES
 from shared.processes import stop
 from shared.redis_server import free_port
-from tests.helpers import MERCHANT_CONFIG, ixopay_body, ixopay_headers, to_toml
-from tests.test_ingress_slow import _wait_until_healthy
+from tests.helpers import MERCHANT_CONFIG, ixopay_body, ixopay_headers, to_toml, wait_until_healthy
 
 SOFT = 256
 
@@ -53,7 +52,7 @@ def ingress(redis_url: str, tmp_path: Path, limits: Callable[[], None] | None = 
             cwd=Path(__file__).parents[1], env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url},
             preexec_fn=limits)
     try:
-        _wait_until_healthy(port, process, log)
+        wait_until_healthy(port, process, log)
         yield port, process, log
     finally:
         stop(process, timeout=20)

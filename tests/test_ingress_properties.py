@@ -54,7 +54,6 @@ from shared.providers import ixopay
 from shared.providers.netaxept import TRANSACTION_ID
 from shared.redis_server import free_port
 from shared.settings import Settings
-from tests.conftest import make_settings
 from tests.helpers import (
     DATE,
     IFTHENPAY_KEY,
@@ -66,6 +65,7 @@ from tests.helpers import (
     PAYEX_BODIES,
     PAYMENT,
     basic,
+    make_settings,
     queued_callbacks,
 )
 

@@ -9,13 +9,13 @@ import redis
 
 from ingress.app import create_app
 from shared.redis_server import RedisServer
-from tests.conftest import make_settings
 from tests.helpers import (
     IFTHENPAY_KEY,
     NETAXEPT_AUTH,
     PAYEX_BODIES,
     ixopay_body,
     ixopay_headers,
+    make_settings,
     raw,
 )
 

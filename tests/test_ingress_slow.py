@@ -15,8 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import redis
 
 from shared.processes import stop
 from shared.redis_server import free_port
-from tests.helpers import MERCHANT_CONFIG, queued_callbacks, to_toml
+from tests.helpers import MERCHANT_CONFIG, queued_callbacks, to_toml, wait_until_healthy
 
 READ_TIMEOUT = 1.0
 NETAXEPT = "/callbacks/open-shop/netaxept"  # no credentials: a whole body would be stored
@@ -52,21 +50,12 @@ def ingress(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             stdout=output, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
             env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url})
     try:
-        _wait_until_healthy(port, process, log)
+        wait_until_healthy(port, process, log)
         yield port
     finally:
         stop(process, timeout=20)
 
 
-def _wait_until_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"the ingress did not start:\n{log.read_text()[-2000:]}")
 
 
 @dataclass

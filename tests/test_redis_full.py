@@ -19,9 +19,7 @@ import redis
 from ingress.app import create_app
 from shared.redis_server import RedisServer
 from shared.simulators import callbacks as build
-from tests.conftest import make_settings
-from tests.helpers import IXOPAY_SECRET
-from tests.test_worker_recovery import enqueue, finished, fork_worker, wait_for
+from tests.helpers import IXOPAY_SECRET, enqueue, finished, fork_worker, make_settings, wait_until
 
 
 @pytest.fixture
@@ -66,7 +64,7 @@ def test_a_worker_waits_for_writes_instead_of_restarting_at_once(server: RedisSe
         assert connections < 15, connections  # was about 45 a second
         refuse_writes(control, False)
         job = enqueue(server.url, 0.0)
-        wait_for(lambda: finished(job), 20, "the worker takes jobs once writes work")
+        wait_until(lambda: finished(job), 20, "the worker takes jobs once writes work")
     finally:
         os.kill(pid, signal.SIGTERM)
         os.waitpid(pid, 0)

@@ -21,8 +21,7 @@ from ingress.app import create_app
 from ingress.store import STORE_DEADLINE
 from shared.redis_server import RedisServer
 from shared.simulators import callbacks as build
-from tests.conftest import make_settings
-from tests.helpers import IXOPAY_SECRET, queued_callbacks
+from tests.helpers import IXOPAY_SECRET, make_settings, queued_callbacks
 
 
 @pytest.fixture

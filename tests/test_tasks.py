@@ -29,9 +29,9 @@ from tests.conformance.harness import AnswerServer
 from tests.helpers import (
     IFTHENPAY_KEY,
     IXOPAY_SECRET,
-    NETAXEPT_PASSWORD,
-    NETAXEPT_USER,
     ixopay_headers,
+    netaxept,
+    netaxept_callback,
     raw,
     run_callback_job,
     seconds_until_due,
@@ -44,25 +44,14 @@ from workers.listing import recent_events
 from workers.runtime import Runtime
 from workers.tasks import process_callback
 
-MERCHANT_ID = "12002835"
-NETAXEPT_CREDENTIALS = (NETAXEPT_USER, NETAXEPT_PASSWORD)
-
 
 def events(client: redis.Redis, merchant: str = "shop-eu") -> list[PaymentEvent]:
     """The merchant's recorded events, oldest first."""
     return list(reversed(recent_events(client, merchant, limit=1000)))
 
 
-def netaxept(admin: SimulatorClient, transaction_id: str, **state: Any) -> dict[str, Any]:
-    admin.netaxept_transaction(transaction_id, MERCHANT_ID, state.pop("amount", 10000),
-                               currency="NOK", order_number="order-77", **state)
-    return netaxept_callback(transaction_id)
 
 
-def netaxept_callback(transaction_id: str) -> dict[str, Any]:
-    """The stored callback of Netaxept's `{"TransactionId"}`, with shop-eu's credentials."""
-    outgoing = build.netaxept_callback("shop-eu", transaction_id, *NETAXEPT_CREDENTIALS)
-    return stored_callback(outgoing, "shop-eu", "netaxept")
 
 
 def summary(found: list[PaymentEvent]) -> list[tuple[str, int | None, int]]:

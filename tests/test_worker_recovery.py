@@ -16,29 +16,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from rq import Queue, Retry, get_current_job
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 import workers.worker as worker_main
 from shared.redis_server import RedisServer
-from tests.conftest import make_settings
-from tests.helpers import faketime_binary
-
-RUNS = "test:runs"
-
-
-def slow_job(seconds: float) -> None:
-    job = get_current_job()
-    assert job is not None
-    job.connection.incr(RUNS)
-    time.sleep(seconds)
+from tests.helpers import (
+    RUNS,
+    enqueue,
+    faketime_binary,
+    finished,
+    fork_worker,
+    make_settings,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -54,31 +52,12 @@ def short_periods(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_main, "MAINTENANCE_SECONDS", 1)
 
 
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
-def enqueue(url: str, seconds: float) -> Job:
-    queue = Queue("callbacks", connection=redis.Redis.from_url(url), serializer=JSONSerializer)
-    return queue.enqueue(slow_job, seconds, retry=Retry(max=2, interval=1), job_timeout=60)
 
 
-def finished(job: Job) -> bool:
-    return job.get_status(refresh=True) == JobStatus.FINISHED
 
 
-def fork_worker(url: str) -> int:
-    pid = os.fork()
-    if pid == 0:  # the child: a worker until SIGTERM, as `payhooks worker`
-        code = 1
-        try:
-            code = worker_main.work(make_settings(url, logging={"level": "warning"}))
-        finally:
-            os._exit(code)
-    return pid
 
 
 def children(pid: int) -> list[int]:
@@ -142,16 +121,16 @@ def test_a_killed_workers_job_runs_again_and_its_scheduler_stops(
     job = enqueue(server.url, 3.0)
     first = fork_worker(server.url)
     try:
-        wait_for(lambda: client.get(RUNS) == b"1", 20, "the first worker did not start the job")
-        wait_for(lambda: children(first) != [], 10, "the worker started no scheduler")
+        wait_until(lambda: client.get(RUNS) == b"1", 20, "the first worker did not start the job")
+        wait_until(lambda: children(first) != [], 10, "the worker started no scheduler")
         scheduler = children(first)[0]
         os.kill(first, signal.SIGKILL)
         os.waitpid(first, 0)
-        wait_for(lambda: not alive(scheduler), 10, "the scheduler outlived its worker")
+        wait_until(lambda: not alive(scheduler), 10, "the scheduler outlived its worker")
 
         second = fork_worker(server.url)
         try:
-            wait_for(functools.partial(finished, job), 30,
+            wait_until(functools.partial(finished, job), 30,
                      "the abandoned job was not run again")
             assert client.get(RUNS) == b"2"
             assert client.llen("rq:queue:callbacks:intermediate") == 0
@@ -168,15 +147,15 @@ def test_workers_come_back_after_a_redis_restart_without_help(
     pid = fork_worker(server.url)
     try:
         client = redis.Redis.from_url(server.url)
-        wait_for(lambda: client.scard("rq:workers") == 1, 20, "the worker did not register")
+        wait_until(lambda: client.scard("rq:workers") == 1, 20, "the worker did not register")
         during = enqueue(server.url, 1.5)  # running when Redis stops: abandoned, run again
-        wait_for(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
+        wait_until(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
         server.stop()
         time.sleep(2)
         server.start()
         after = enqueue(server.url, 0.0)
         for job in (after, during):
-            wait_for(functools.partial(finished, job), 40,
+            wait_until(functools.partial(finished, job), 40,
                      f"job {job.id} was not run after Redis came back")
         assert alive(pid)  # the same process: nobody restarted it
         assert client.get(RUNS) == b"3"
@@ -236,7 +215,7 @@ def test_a_sweep_lock_left_by_a_killed_worker_lapses_within_a_minute(server: Red
 SKEWED_WORKER = """
 import sys
 import workers.worker as worker_main
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 worker_main.LEASE_SECONDS, worker_main.RENEW_SECONDS, worker_main.MAINTENANCE_SECONDS = 2, 0.3, 1
 sys.exit(worker_main.work(make_settings(sys.argv[1], logging={"level": "warning"})))
 """
@@ -254,15 +233,15 @@ def test_a_worker_whose_clock_is_ahead_takes_no_running_job_for_abandoned(
     holder = fork_worker(server.url)
     log = (tmp_path / "skewed.log").open("wb")
     try:
-        wait_for(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
+        wait_until(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
         skewed = subprocess.Popen(
             [faketime, "-f", "+30s", sys.executable, "-c", SKEWED_WORKER, server.url],
             cwd=Path(__file__).parents[1], stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
         try:
-            wait_for(lambda: client.scard("rq:workers") == 2, 20,
+            wait_until(lambda: client.scard("rq:workers") == 2, 20,
                      "the worker 30 s ahead did not start")
-            wait_for(functools.partial(finished, job), 30, "the job did not finish")
+            wait_until(functools.partial(finished, job), 30, "the job did not finish")
             time.sleep(2)  # a few more clean-ups by the worker ahead
         finally:
             skewed.send_signal(signal.SIGTERM)
