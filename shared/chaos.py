@@ -17,25 +17,35 @@ and processed. A share is forged: IXOPAY with a wrong signature and ifthenpay wi
 
 The faults, while the callbacks go out: a worker SIGKILLed every few seconds and another
 started in its place (as a supervisor would), Redis restarted twice (first stopped
-cleanly, then SIGKILLed), the providers answering 5xx or timing out on a share of the
-follow-up queries, and the merchant endpoint down (connections refused) for a stretch.
+cleanly, then SIGKILLed) and stalled once (SIGSTOP, then SIGCONT), the providers answering
+5xx, timing out or dripping (headers, then a byte a second) on a share of the follow-up
+queries, and the merchant endpoint down (connections refused) for a stretch. Beside the
+merchant's main hook (`orders`), a second one (`drip`, taking `payment.refunded`) is an
+endpoint that answers every delivery with its status and then a byte a second, forever.
 
 Then it waits until every acknowledged callback's events have arrived (dead letters are
 replayed with `payhooks replay`, as an operator would) or until nothing has moved for
 `settle` seconds, and counts: every acknowledged callback must have all its events at
 the endpoint, each fact under exactly one event id, no event for a forged callback, no
 answer 500 from the ingress, and no secret of the config in any log line or Redis value.
-The exit code is 1 when any count is off.
+The hostile cases have counts of their own: every request in flight while Redis stalled
+answered within `SLOW_ANSWER` seconds (the ingress promises a 503 within 2 s whatever
+Redis does); every refund delivered to the main hook has a delivery record for the
+dripping one, each of whose attempts ended as a timeout by the deadline. The exit code is
+1 when any count is off.
 
-The quick form (`--quick`, in CI) keeps the hook from ever pausing (`pause_after` is
+The quick form (`--quick`, in CI) keeps the hooks from ever pausing (`pause_after` is
 high), so deliveries run out of retries while the endpoint is down and go through dead
-letters and replay. The long form keeps the default circuit breaker, which pauses the hook.
+letters and replay, and the dripping hook's deliveries are tried one at a time until
+dead-lettered (they are not replayed). The long form keeps the default circuit breaker,
+which pauses both hooks. Every hostile case is on in both forms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import secrets
 import shutil
@@ -60,12 +70,13 @@ import redis
 from standardwebhooks import Webhook
 from yarl import URL
 
+from shared.keys import attempts_key, delivery_key
 from shared.processes import answers, clean_env, stop, wait_until
 from shared.redis_server import RedisServer, free_port
 from shared.simulators import callbacks as build
 from shared.simulators.callbacks import OutgoingCallback
 from shared.simulators.client import SimulatorClient
-from shared.simulators.merchant import MerchantEndpoint
+from shared.simulators.merchant import Answer, MerchantEndpoint
 
 MERCHANT, NETAXEPT_ID = "chaos", "12002835"
 EVENTS = {"netaxept": 2, "payex": 1, "ixopay": 1, "ifthenpay": 1}  # events per callback
@@ -77,7 +88,11 @@ SECRETS = {
     "netaxept_password": "chaos-netaxept-" + "callback-password-5d4c",
     "payex": "chaos-payex-" + "token-e81d",
     "hook": "whsec_" + "Y2hhb3MtaG9vay1zZWNyZXQtMjAyNg==",
+    "drip_hook": "whsec_" + "Y2hhb3MtZHJpcC1ob29rLXNlY3JldA==",
 }
+HOOK, DRIP_HOOK = "orders", "drip"  # the main hook, and the one whose endpoint drips
+SLOW_ANSWER = 3.0  # seconds: an ingress answer slower than this while Redis stalls is a failure
+HOOK_TIMEOUT = 5.0  # [delivery] timeout: each attempt to the dripping hook lasts this long
 NETAXEPT_USER = "chaos-callbacks"
 CONFIG = """\
 redis_url = "{redis}"
@@ -87,12 +102,23 @@ logging = {{ level = "info", format = "json" }}
 allow_private_networks = true
 retry_schedule = ["1s", "1s", "2s"]
 pause_after = {pause_after}
+timeout = "{hook_timeout}s"
 
 [merchants.{merchant}]
 ixopay = {{ shared_secret = "{ixopay}", base_url = "{sims}" }}
 ifthenpay = {{ anti_phishing_key = "{ifthenpay}", base_url = "{sims}" }}
 payex = {{ token = "{payex}", base_url = "{sims}" }}
-hooks = [{{ id = "orders", url = "{endpoint}/events", secret = "{hook}" }}]
+
+[[merchants.{merchant}.hooks]]
+id = "orders"
+url = "{endpoint}/events"
+secret = "{hook}"
+
+[[merchants.{merchant}.hooks]]
+id = "drip"
+url = "{drip_endpoint}/refunds"
+secret = "{drip_hook}"
+events = ["payment.refunded"]
 
 [merchants.{merchant}.netaxept]
 merchant_id = "{netaxept_id}"
@@ -114,15 +140,18 @@ class ChaosError(Exception):
 class Plan:
     callbacks: int = 5000
     rate: float = 10.0  # callbacks a second
-    workers: int = 8  # mostly waiting on providers: 5% of follow-ups hold one for 10 s
+    workers: int = 8  # mostly waiting on providers: 5% of follow-ups hold one for 10 s, 5% for 15
     seed: int | None = None
     duplicate_share: float = 0.2  # callbacks sent a second time, later
     refund_share: float = 0.2  # Netaxept payments refunded later, then called back again
     forged_share: float = 0.05  # forged callbacks, on top of `callbacks`
     error_rate: float = 0.05  # follow-up queries answered 5xx...
-    timeout_rate: float = 0.05  # ...or left to time out (the workers wait 10 s)
+    timeout_rate: float = 0.05  # ...or left to time out (the workers wait 10 s)...
+    drip_rate: float = 0.05  # ...or dripped, a byte a second (cut off at the 15 s deadline)
     kill_every: tuple[float, float] = (3.0, 8.0)  # seconds between worker kills
     redis_down: float = 2.0  # seconds Redis stays down at each restart
+    redis_stall: float = 6.0  # seconds Redis is stopped (SIGSTOP) once; 0: never
+    hook_timeout: float = HOOK_TIMEOUT
     endpoint_down: float = 60.0  # seconds the merchant endpoint refuses connections
     pause_after: int = 5  # the hook's circuit breaker (the quick form never lets it trip)
     settle: float = 600.0  # give up when nothing moved for this long after sending
@@ -131,7 +160,7 @@ class Plan:
 
     @classmethod
     def quick(cls, seed: int | None = None) -> Plan:
-        return cls(callbacks=400, rate=10.0, workers=6, seed=seed, endpoint_down=20.0,
+        return cls(callbacks=400, rate=10.0, workers=8, seed=seed, endpoint_down=20.0,
                    pause_after=10_000, settle=180.0)
 
     @property
@@ -169,6 +198,29 @@ class Tally:
     redis_restarts: list[str] = field(default_factory=list)
     endpoint_down_s: float = 0.0
     replayed: int = 0
+    dripped: int = 0  # follow-up answers the simulators dripped
+    stalls: list[tuple[float, float]] = field(default_factory=list)  # monotonic, from, to
+    # every request to the ingress: when it was sent (monotonic), seconds to its answer,
+    # and its status (None: no answer)
+    answers: list[tuple[float, float, int | None]] = field(default_factory=list)
+
+    def during_stalls(self) -> list[tuple[float, int | None]]:
+        """Seconds and status of each request in flight while Redis was stalled."""
+        return [(seconds, status) for sent, seconds, status in self.answers
+                if any(sent < until and sent + seconds > begin for begin, until in self.stalls)]
+
+
+@dataclass
+class DripHook:
+    """How the deliveries to the dripping hook ended, from their records in Redis."""
+
+    expected: int = 0  # refunds delivered to the main hook: each has a delivery here too
+    deliveries: int = 0  # delivery records (payhooks:delivery:<event>:drip)
+    states: Counter[str] = field(default_factory=Counter)
+    requests: int = 0  # requests the dripping endpoint received
+    attempts: int = 0  # attempts recorded (payhooks:attempts:<event>:drip)
+    timeouts: int = 0
+    longest_ms: float = 0.0
 
 
 @dataclass
@@ -189,6 +241,8 @@ class Account:
     secrets_found: list[str]
     log_lines: int
     redis_values: int
+    drip: DripHook = field(default_factory=DripHook)
+    hook_timeout: float = HOOK_TIMEOUT
 
     def problems(self, tally: Tally) -> list[str]:
         found = []
@@ -208,6 +262,20 @@ class Account:
         if errors := sum(n for status, n in tally.statuses.items() if status >= 500
                          and status != 503):
             found.append(f"{errors} answers 5xx other than 503 from the ingress")
+        stalled = tally.during_stalls()
+        if slow := sum(seconds > SLOW_ANSWER or status is None for seconds, status in stalled):
+            found.append(f"{slow} requests answered after {SLOW_ANSWER:g} s or not at all while "
+                         f"Redis stalled (slowest {max(s for s, _ in stalled):.1f} s)")
+        drip = self.drip
+        if drip.deliveries < drip.expected:
+            found.append(f"{drip.expected - drip.deliveries} refunds without a delivery record "
+                         f"for the dripping hook")
+        if drip.attempts != drip.timeouts:
+            found.append(f"{drip.attempts - drip.timeouts} attempts to the dripping hook that "
+                         f"did not end as timeouts")
+        if drip.longest_ms > (self.hook_timeout + 1.0) * 1000:
+            found.append(f"an attempt to the dripping hook took {drip.longest_ms:.0f} ms, "
+                         f"the deadline being {self.hook_timeout:g} s")
         return found
 
 
@@ -219,6 +287,7 @@ class System:
     redis: redis.Redis
     admin: SimulatorClient
     endpoint: MerchantEndpoint
+    drip_endpoint: MerchantEndpoint | None = None  # the dripping hook's
     ingress: str = ""
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     spawned: int = 0
@@ -254,9 +323,13 @@ def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     sims_url = f"http://127.0.0.1:{sims_port}"
     _wait(lambda: answers(f"{sims_url}/_sim/faults"), 30, "the simulators did not start")
     endpoint = stack.enter_context(MerchantEndpoint(verify_secret=SECRETS["hook"]))
+    drip_endpoint = stack.enter_context(MerchantEndpoint(verify_secret=SECRETS["drip_hook"]))
+    drip_endpoint.script("/refunds", default=Answer(drip=1.0))
     config = directory / "payhooks.toml"
     config.write_text(CONFIG.format(
         redis=server.url, sims=sims_url, endpoint=endpoint.url, merchant=MERCHANT,
+        drip_endpoint=drip_endpoint.url, drip_hook=SECRETS["drip_hook"],
+        hook_timeout=plan.hook_timeout,
         pause_after=plan.pause_after, ixopay=SECRETS["ixopay"], ifthenpay=SECRETS["ifthenpay"],
         payex=SECRETS["payex"], hook=SECRETS["hook"], netaxept_id=NETAXEPT_ID,
         netaxept_token=SECRETS["netaxept_token"], netaxept_user=NETAXEPT_USER,
@@ -265,7 +338,7 @@ def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     admin.netaxept_credentials(NETAXEPT_ID, SECRETS["netaxept_token"])
     admin.payex_token(SECRETS["payex"])
     client = stack.enter_context(redis.Redis.from_url(server.url))
-    system = System(directory, config, server, client, admin, endpoint)
+    system = System(directory, config, server, client, admin, endpoint, drip_endpoint)
     port = free_port()
     ingress = system.spawn(stack, "ingress", "--host", "127.0.0.1", "--port", str(port))
     system.ingress = f"http://127.0.0.1:{port}"
@@ -319,6 +392,7 @@ async def send_all(url: str, items: list[Outgoing], plan: Plan, rng: random.Rand
     async def once(session: aiohttp.ClientSession, item: Outgoing) -> int | None:
         callback = item.callback
         tally.requests += 1
+        sent = time.monotonic()
         try:
             async with session.request(
                 callback.method, URL(url + callback.path, encoded=True),
@@ -328,7 +402,9 @@ async def send_all(url: str, items: list[Outgoing], plan: Plan, rng: random.Rand
                 await response.read()
         except (TimeoutError, aiohttp.ClientError):
             tally.refused += 1
+            tally.answers.append((sent, time.monotonic() - sent, None))
             return None
+        tally.answers.append((sent, time.monotonic() - sent, response.status))
         tally.statuses[response.status] += 1
         item.statuses.append(response.status)
         return response.status
@@ -383,6 +459,8 @@ def faults(system: System, stack: contextlib.ExitStack, plan: Plan, rng: random.
     timeline: list[tuple[float, str]] = [
         (0.30 * seconds, "redis-stop"), (0.65 * seconds, "redis-kill"),
         (0.75 * seconds, "endpoint-down")]
+    if plan.redis_stall:
+        timeline.append((0.45 * seconds, "redis-stall"))
     at = rng.uniform(*plan.kill_every)
     while at < seconds:
         timeline.append((at, "kill-worker"))
@@ -398,6 +476,9 @@ def faults(system: System, stack: contextlib.ExitStack, plan: Plan, rng: random.
             system.workers.remove(victim)
             system.start_worker(stack)
             tally.kills += 1
+        elif action == "redis-stall":
+            say(f"chaos: Redis stalled (SIGSTOP) at {moment:.0f} s for {plan.redis_stall:g} s")
+            stall(system.server, plan.redis_stall, tally)
         elif action.startswith("redis-"):
             how = "stopped" if action == "redis-stop" else "killed"
             say(f"chaos: Redis {how} at {moment:.0f} s, back after {plan.redis_down:g} s")
@@ -418,6 +499,19 @@ def faults(system: System, stack: contextlib.ExitStack, plan: Plan, rng: random.
             time.sleep(plan.endpoint_down)
             system.endpoint.start()
             tally.endpoint_down_s = time.monotonic() - down
+
+
+def stall(server: RedisServer, seconds: float, tally: Tally) -> None:
+    """Stop the redis-server process (SIGSTOP) for `seconds`, then let it go on (SIGCONT):
+    it keeps its connections and answers nothing meanwhile."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    begin = time.monotonic()
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        tally.stalls.append((begin, time.monotonic()))
 
 
 def _callback_jobs_pending(client: redis.Redis) -> int:
@@ -472,7 +566,7 @@ def settle(system: System, items: list[Outgoing], plan: Plan, tally: Tally,
     last, moved = (-1, -1), time.monotonic()
     while time.monotonic() - moved < plan.settle:
         with contextlib.suppress(redis.RedisError):
-            if system.redis.zcard("payhooks:dead"):
+            if _dead_letters(system.redis):
                 tally.replayed += _replay(system, say)
             facts = arrivals.update().facts
             missing = sum(max(0, n - facts[key]) for key, n in wanted.items())
@@ -485,12 +579,20 @@ def settle(system: System, items: list[Outgoing], plan: Plan, tally: Tally,
         time.sleep(1.0)
 
 
+def _dead_letters(client: redis.Redis) -> int:
+    """The main hook's dead letters (the dripping hook's stay dead: it never gets better)."""
+    members: list[bytes] = client.zrange("payhooks:dead", 0, -1)  # type: ignore[assignment]
+    return sum(member.endswith(f"|{HOOK}".encode()) for member in members)
+
+
 def _replay(system: System, say: Callable[[str], None]) -> int:
-    """`payhooks replay`, as an operator would run it; how many it replayed."""
-    count = int(system.redis.zcard("payhooks:dead"))
+    """`payhooks replay` of the main hook, as an operator would run it once the endpoint is
+    back; how many it replayed."""
+    count = _dead_letters(system.redis)
     done = subprocess.run([sys.executable, "-m", "shared.cli", "replay", "--config",
-                           str(system.config), "--merchant", MERCHANT], capture_output=True,
-                          text=True, cwd=_PROJECT, env=clean_env(), timeout=120, check=False)
+                           str(system.config), "--merchant", MERCHANT, "--hook", HOOK],
+                          capture_output=True, text=True, cwd=_PROJECT, env=clean_env(),
+                          timeout=120, check=False)
     say(f"chaos: payhooks replay: {done.stdout.strip() or done.stderr.strip()}")
     return count if done.returncode == 0 else 0
 
@@ -532,7 +634,28 @@ def _values(client: redis.Redis, key: bytes) -> list[bytes]:
     return [bytes(blob) for blob in found]
 
 
-def account(system: System, items: list[Outgoing]) -> Account:
+def drip_hook(system: System, refunds: list[str]) -> DripHook:
+    """How the dripping hook's deliveries of these refund events ended, from their records."""
+    found = DripHook(expected=len(refunds))
+    if system.drip_endpoint is not None:
+        found.requests = len(system.drip_endpoint.received)
+    pipe = system.redis.pipeline(transaction=False)
+    for event in refunds:
+        pipe.hget(delivery_key(event, DRIP_HOOK), "state")
+        pipe.lrange(attempts_key(event, DRIP_HOOK), 0, -1)
+    answers = pipe.execute()
+    for state, attempts in zip(answers[::2], answers[1::2], strict=True):
+        found.deliveries += state is not None
+        found.states[state.decode() if state is not None else "no record"] += 1
+        for attempt in map(orjson.loads, attempts):
+            found.attempts += 1
+            found.timeouts += attempt["error"] == "timeout"
+            found.longest_ms = max(found.longest_ms, float(attempt["duration_ms"]))
+    return found
+
+
+def account(system: System, items: list[Outgoing], hook_timeout: float = HOOK_TIMEOUT
+            ) -> Account:
     genuine = [item for item in items if not item.forged]
     forged = [item for item in items if item.forged]
     acknowledged = [item for item in genuine if item.acknowledged]
@@ -540,6 +663,9 @@ def account(system: System, items: list[Outgoing]) -> Account:
     ids = arrivals.ids
     lost = [item.key for item in acknowledged if arrivals.facts[item.key] < item.events]
     forged_keys = {item.key for item in forged}
+    refunds = [event for fact, event_ids in ids.items() if fact[2] == "payment.refunded"
+               and fact[:2] not in forged_keys for event in event_ids]
+    drip = drip_hook(system, refunds)
     found, lines, values = find_secrets(system.directory, system.redis)
     return Account(
         genuine=len(genuine), acknowledged=len(acknowledged),
@@ -549,10 +675,13 @@ def account(system: System, items: list[Outgoing]) -> Account:
         lost=lost, split_facts=[fact for fact, event_ids in ids.items() if len(event_ids) > 1],
         forged=len(forged), forged_acknowledged=sum(item.acknowledged for item in forged),
         forged_events=sum(1 for fact in ids if fact[:2] in forged_keys),
-        unverified=arrivals.unverified, secrets_found=found, log_lines=lines, redis_values=values)
+        unverified=arrivals.unverified, secrets_found=found, log_lines=lines, redis_values=values,
+        drip=drip, hook_timeout=hook_timeout)
 
 
 def report(plan: Plan, tally: Tally, result: Account, seconds: float) -> list[str]:
+    stalled = tally.during_stalls()
+    drip = result.drip
     rows = [
         ("callbacks sent (genuine)", result.genuine),
         ("  acknowledged (answered 200)", result.acknowledged),
@@ -574,12 +703,32 @@ def report(plan: Plan, tally: Tally, result: Account, seconds: float) -> list[st
         ("  events from forged callbacks", result.forged_events),
         ("workers SIGKILLed", tally.kills),
         (f"Redis restarts (AOF, appendfsync {plan.appendfsync})", len(tally.redis_restarts)),
+        ("Redis stalls (SIGSTOP), seconds in all", round(sum(b - a for a, b in tally.stalls))),
+        ("  requests in flight during a stall", len(stalled)),
+        ("    answered 503", sum(status == 503 for _, status in stalled)),
+        ("    answered 200", sum(status == 200 for _, status in stalled)),
+        ("    answered 4xx (forged: refused, not stored)",
+         sum(status is not None and 400 <= status < 500 for _, status in stalled)),
+        ("    slowest answer, ms", round(max((s for s, _ in stalled), default=0.0) * 1000)),
+        (f"    answered after {SLOW_ANSWER:g} s or not at all",
+         sum(s > SLOW_ANSWER or status is None for s, status in stalled)),
+        ("follow-up answers dripped, cut off, retried", tally.dripped),
+        ("deliveries to the dripping hook (refunds)", drip.deliveries),
+        ("  requests the dripping endpoint received", drip.requests),
+        ("  attempts recorded", drip.attempts),
+        ("    ended as timeouts", drip.timeouts),
+        ("    longest, ms", round(drip.longest_ms)),
+        ("  dead-lettered, retries used up", drip.states["dead"]),
+        ("  retrying, next attempt scheduled", drip.states["retrying"]),
+        ("  waiting, the hook failing or paused", drip.states["queued"] + drip.states["paused"]),
+        ("  delivered", drip.states["delivered"]),
         ("log lines and Redis values searched", result.log_lines + result.redis_values),
         ("secrets found in them", len(result.secrets_found)),
     ]
     header = (f"payhooks chaos: {plan.callbacks} callbacks at {plan.rate:g}/s ({plan.seconds:.0f}"
-              f" s), {plan.workers} workers; follow-ups {plan.error_rate:.0%} 5xx and "
-              f"{plan.timeout_rate:.0%} timeouts; endpoint down {tally.endpoint_down_s:.0f} s; "
+              f" s), {plan.workers} workers; follow-ups {plan.error_rate:.0%} 5xx, "
+              f"{plan.timeout_rate:.0%} timeouts and {plan.drip_rate:.0%} dripping; endpoint "
+              f"down {tally.endpoint_down_s:.0f} s; hook timeout {plan.hook_timeout:g} s; "
               f"{seconds:.0f} s in all")
     return [header, *(f"{label:<48}{value:>10}" for label, value in rows)]
 
@@ -601,7 +750,7 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> int:
             rng.shuffle(kinds)
             items = [outgoing(system.admin, n, forged=kind) for n, kind in enumerate(kinds)]
             system.admin.faults("all", error_rate=plan.error_rate, timeout_rate=plan.timeout_rate,
-                                timeout_seconds=12.0)
+                                timeout_seconds=12.0, drip_rate=plan.drip_rate)
             say(f"chaos: sending {len(items)} callbacks ({forged} forged) to {system.ingress};"
                 f" logs in {system.directory}")
             done = threading.Event()
@@ -611,10 +760,11 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> int:
             asyncio.run(send_all(system.ingress, items, plan, rng, tally, system.admin))
             done.set()
             chaos.join()
-            system.admin.faults("all", error_rate=0.0, timeout_rate=0.0)
+            system.admin.faults("all", error_rate=0.0, timeout_rate=0.0, drip_rate=0.0)
+            tally.dripped = sum(system.admin.stats()["dripped"].values())
             say("chaos: sent, faults over; waiting for the events")
             settle(system, items, plan, tally, say)
-            result = account(system, items)
+            result = account(system, items, plan.hook_timeout)
     except (ChaosError, redis.RedisError, httpx.HTTPError, OSError) as exc:
         print(f"chaos: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,16 @@ def test_short_delivery_benchmark_reports_every_figure(
     assert run(deliveries=200, rounds=1, timeout=1.0) == 0
     out = capsys.readouterr().out
     for label in ("endpoint answering at once", "with a hook timing out beside",
-                  "share of its rate kept", r"requests the dead hook got \(all rounds\)"):
+                  "share of its rate kept", r"requests the dead hook got \(all rounds\)",
+                  "with a hook dripping beside", "share of its rate kept beside the dripping hook",
+                  r"requests the dripping hook got \(all rounds\)"):
         assert re.search(rf"{label}\s+[\d.]+", out), out
-    dead = int(re.search(r"requests the dead hook got \(all rounds\)\s+(\d+)", out)[1])  # type: ignore[index]
-    assert 1 <= dead <= 6  # paused after pause_after (5) failures: the rest waited unsent
+    for hook in ("dead", "dripping"):
+        got = int(re.search(rf"requests the {hook} hook got \(all rounds\)\s+(\d+)", out)[1])  # type: ignore[index]
+        assert 1 <= got <= 6  # paused after pause_after (5) failures: the rest waited unsent
+    attempts, timeouts = map(int, re.search(  # type: ignore[union-attr]
+        r"attempts to it recorded, timeouts among them\s+(\d+) \((\d+) timeouts\)", out).groups())
+    assert 1 <= attempts == timeouts <= 6  # every attempt to the dripping hook, a timeout
+    line = re.search(r"its deliveries by state when the fast ones were done: (.*)", out)[1]  # type: ignore[index]
+    states = {state: int(n) for state, n in re.findall(r"(\w[\w ]*?) (\d+)(?:,|$)", line)}
+    assert set(states) <= {"queued", "retrying"} and sum(states.values()) == 20, states

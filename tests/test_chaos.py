@@ -2,8 +2,9 @@
 
 The first test runs the command as a user would (about a minute and a half) and reads its
 counts. The others show that the account catches what it is meant to catch: an event
-missing, a fact under a second id, an event for a forged callback, a bad signature, and a
-secret in a log line.
+missing, a fact under a second id, an event for a forged callback, a bad signature, a
+secret in a log line, a slow answer while Redis stalled, and a dripping hook's delivery
+that has no record or held its worker past the deadline.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import redis
 from standardwebhooks import Webhook
 
 from shared import chaos
-from shared.chaos import Outgoing, System, Tally
+from shared.chaos import DRIP_HOOK, Outgoing, System, Tally
+from shared.keys import attempts_key, delivery_key
 from shared.simulators import callbacks as build
 from shared.simulators.client import SimulatorClient
 from shared.simulators.merchant import MerchantEndpoint, Received
@@ -55,6 +57,26 @@ def test_the_quick_chaos_run_loses_nothing_doubles_nothing_and_trusts_no_forgery
     assert found["workers SIGKILLed"] >= 3
     assert found["Redis restarts (AOF, appendfsync always)"] == 2
     assert found["answered 503 (Redis down), then resent"] > 0
+    # Redis stalled: every request in flight meanwhile had its answer within the promise
+    assert found["Redis stalls (SIGSTOP), seconds in all"] >= 5
+    stalled = found["requests in flight during a stall"]
+    assert stalled >= 20 and found["answered 503"] > 0
+    assert found["answered 503"] + found["answered 200"] + found[
+        "answered 4xx (forged: refused, not stored)"] == stalled
+    assert found["answered after 3 s or not at all"] == 0
+    assert found["slowest answer, ms"] < 3000
+    # follow-ups dripped, and their callbacks were processed all the same (nothing lost)
+    assert found["follow-up answers dripped, cut off, retried"] > 0
+    # the dripping hook: every refund has its delivery there, every attempt a timeout
+    # within the deadline (5 s), none delivered, and the main hook's account is whole
+    deliveries = found["deliveries to the dripping hook (refunds)"]
+    assert deliveries >= 5
+    assert 1 <= found["attempts recorded"] == found["ended as timeouts"]
+    assert found["attempts recorded"] <= found["requests the dripping endpoint received"]
+    assert 4500 <= found["longest, ms"] < 6000
+    assert found["delivered"] == 0
+    assert deliveries == (found["dead-lettered, retries used up"] + found[
+        "retrying, next attempt scheduled"] + found["waiting, the hook failing or paused"])
     assert "nothing lost, nothing doubled, nothing forged" in done.stdout
     assert secrets_in(done.stdout + done.stderr) == []
 
@@ -119,3 +141,30 @@ def test_the_account_of_a_clean_run_has_no_problem(system: System) -> None:
     result = chaos.account(system, items)
     assert result.problems(Tally()) == []
     assert (result.expected_events, result.delivered_events) == (1, 1)
+
+
+def test_the_account_finds_slow_answers_in_a_stall_and_dripping_deliveries_gone_wrong(
+    system: System, redis_client: redis.Redis
+) -> None:
+    items = [Outgoing(("netaxept", f"t-{n}"), build.netaxept_callback(chaos.MERCHANT, f"t-{n}"),
+                      statuses=[200], events=1) for n in (1, 2)]
+    system.endpoint.received += [
+        signed(event("netaxept", "t-1", "payment.refunded", "evt_r1"), "evt_r1"),
+        signed(event("netaxept", "t-2", "payment.refunded", "evt_r2"), "evt_r2"),
+    ]
+    # evt_r1's delivery to the dripping hook: one attempt that was not a timeout and held
+    # its worker 9 s; evt_r2's: no record at all
+    redis_client.hset(delivery_key("evt_r1", DRIP_HOOK), "state", "retrying")
+    redis_client.rpush(attempts_key("evt_r1", DRIP_HOOK), orjson.dumps(
+        {"at": 0, "status": 200, "error": None, "duration_ms": 9000.0}))
+    tally = Tally(stalls=[(100.0, 106.0)], answers=[
+        (101.0, 1.9, 503), (99.5, 4.2, 503), (102.0, 0.5, None), (107.0, 0.1, 200)])
+
+    result = chaos.account(system, items)
+
+    assert (result.drip.expected, result.drip.deliveries) == (2, 1)
+    assert (result.drip.attempts, result.drip.timeouts) == (1, 0)
+    assert len(tally.during_stalls()) == 3  # the one sent after the stall is not counted
+    problems = result.problems(tally)
+    assert len(problems) == 4, problems
+    assert "2 requests answered after 3 s or not at all" in problems[0]

@@ -14,18 +14,27 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
 from structlog.testing import capture_logs
 
 from shared.errors import ProviderUnavailable
-from shared.http import PROVIDER_ANSWER_LIMIT, PROVIDER_DEADLINE, make_client, send
+from shared.http import (
+    PROVIDER_ANSWER_LIMIT,
+    PROVIDER_DEADLINE,
+    deadline,
+    make_client,
+    make_delivery_client,
+    send,
+)
 from shared.keys import attempts_key, delivery_key, hook_key
 from shared.queue import CALLBACK_JOB_OPTIONS
 from shared.settings import settings_from_dict
 from shared.simulators import callbacks as build
 from shared.simulators.client import SimulatorClient
+from shared.simulators.merchant import Answer, MerchantEndpoint
 from tests.conformance.harness import AnswerServer
 from tests.helpers import (
     netaxept,
@@ -67,6 +76,29 @@ def test_an_endless_answer_is_a_provider_error_after_the_limit() -> None:
           pytest.raises(ProviderUnavailable, match="answer over 4 MiB")):
         send(client, "GET", endless.url, "endless provider")
     assert PROVIDER_ANSWER_LIMIT <= endless.sent < 4 * PROVIDER_ANSWER_LIMIT
+
+
+def test_the_merchant_endpoints_drip_outlasts_the_read_timeout_not_the_deadline() -> None:
+    """The drip the benchmarks and `payhooks chaos` use (`Answer(drip=...)`): the status at
+    once, then a byte at a time, on past a read timeout; a delivery's deadline ends it."""
+    with (MerchantEndpoint() as endpoint,
+          make_delivery_client(1.0, allow_private_networks=True) as client):
+        endpoint.script("/slow", default=Answer(drip=0.2))
+        received, started = 0, time.monotonic()
+        with client.stream("POST", f"{endpoint.url}/slow", content=b"{}") as response:
+            assert response.status_code == 200 and time.monotonic() - started < 0.5
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                if time.monotonic() - started > 1.5:  # the read timeout is 1 s
+                    break
+        assert 5 <= received <= 10
+        started = time.monotonic()
+        with (pytest.raises(httpx.TimeoutException), deadline(1.0),
+              client.stream("POST", f"{endpoint.url}/slow", content=b"{}") as response):
+            for _ in response.iter_raw():
+                pass
+        assert time.monotonic() - started < 1.8
+        assert len(endpoint.requests_to("/slow")) == 2
 
 
 @pytest.mark.usefixtures("worker_runtime")

@@ -50,6 +50,8 @@ class SimulatorClient:
         error_rate: float | None = None,
         timeout_rate: float | None = None,
         timeout_seconds: float | None = None,
+        drip_rate: float | None = None,
+        drip_interval: float | None = None,
         rate_limit_per_minute: int | None = None,
         rate_limit_per_transaction: int | None = None,
     ) -> Json:
@@ -57,6 +59,7 @@ class SimulatorClient:
         return self._post(
             "/_sim/faults", provider=provider, latency=latency, error_rate=error_rate,
             timeout_rate=timeout_rate, timeout_seconds=timeout_seconds,
+            drip_rate=drip_rate, drip_interval=drip_interval,
             rate_limit_per_minute=rate_limit_per_minute,
             rate_limit_per_transaction=rate_limit_per_transaction,
         )
@@ -65,7 +68,8 @@ class SimulatorClient:
         return self._call("GET", "/_sim/faults")
 
     def stats(self) -> Json:
-        """`{"requests": {provider: n}, "responses": {provider: {status: n}}}`."""
+        """`{"requests": {provider: n}, "dripped": {provider: n},
+        "responses": {provider: {status: n}}}`."""
         return self._call("GET", "/_sim/stats")
 
     def netaxept_credentials(self, merchant_id: str, token: str) -> Json:

@@ -2,10 +2,13 @@
 
 Which provider a request is for follows from its path (the four APIs do not share a
 prefix). Before the handler runs it waits `latency` seconds, then with `timeout_rate`
-waits `timeout_seconds` (30 s unless changed) so the client times out, and with
+waits `timeout_seconds` (30 s unless changed) so the client times out, with
 `error_rate` answers as the provider's front end would when failing: Netaxept's IIS with
-HTTP 500, the others with 503 (PayEx as problem+json). Admin requests (`/_sim/`) are
-neither counted nor faulted. With no faults configured nothing waits.
+HTTP 500, the others with 503 (PayEx as problem+json), and with `drip_rate` sends the
+real answer's status and headers at once, then its body a byte every `drip_interval`
+seconds (shared/simulators/drip.py), which only a deadline on the whole request cuts off.
+Admin requests (`/_sim/`) are neither counted nor faulted. With no faults configured
+nothing waits.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from shared.simulators.drip import drip
 from shared.simulators.state import STATE, State, guid
 
 _PREFIXES = (
@@ -61,6 +65,8 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         latency, timeout_seconds = faults.latency, faults.timeout_seconds
         times_out = state.roll(faults.timeout_rate)
         fails = state.roll(faults.error_rate)
+        drips = not (times_out or fails) and state.roll(faults.drip_rate)
+        interval = faults.drip_interval
     if latency > 0:
         await asyncio.sleep(latency)
     if times_out:
@@ -71,6 +77,11 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         _record(state, provider, exc.status)
         raise
     _record(state, provider, response.status)
+    if drips and isinstance(response, web.Response):
+        with state.lock:
+            state.dripped[provider] += 1
+        body = response.body if isinstance(response.body, bytes) else b""
+        return await drip(request, response.status, response.headers, body, interval)
     return response
 
 

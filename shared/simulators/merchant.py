@@ -2,9 +2,12 @@
 
 The tests and benchmarks deliver to it; `payhooks dev` runs it as the sample endpoint that
 prints each event. Any path works. By default every request gets 200; `script(path, ...)`
-queues answers for a path (status, headers, a delay before answering), used in order and
-then the path's default. With `verify_secret` set it checks the Standard Webhooks
-signature (with the `standardwebhooks` package) and answers 401 when it does not verify.
+queues answers for a path (status, headers, a delay before answering, a drip), used in
+order and then the path's default. An answer with `drip` set sends its status and headers
+at once, then its body a byte every `drip` seconds, never ending within any sane timeout
+(shared/simulators/drip.py): a hook that only a deadline on the whole attempt cuts off.
+With `verify_secret` set it checks the Standard Webhooks signature (with the
+`standardwebhooks` package) and answers 401 when it does not verify.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from shared.simulators.drip import drip
 from shared.simulators.server import BackgroundServer
 
 
@@ -27,6 +31,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     body: bytes = b"ok"
+    drip: float | None = None  # seconds between the body's bytes, sent after the headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,7 @@ class MerchantEndpoint(BackgroundServer):
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         received = Received(request.path, dict(request.headers), await request.read(),
                             time.time())
         with self._lock:
@@ -79,6 +84,8 @@ class MerchantEndpoint(BackgroundServer):
             return web.Response(status=401, text="signature does not verify")
         if answer.delay:
             await asyncio.sleep(answer.delay)
+        if answer.drip is not None:
+            return await drip(request, answer.status, answer.headers, answer.body, answer.drip)
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
     def _verifies(self, received: Received) -> bool:

@@ -7,8 +7,10 @@ objects, so every access, from either side, happens under the lock. Money is in 
 
 Fault injection is per provider (`Faults`): a fixed `latency`, an `error_rate` (503, or 500
 for Netaxept), a `timeout_rate` (the answer waits `timeout_seconds`, 30 s by default, so
-the client gives up) and IXOPAY's status-API rate limits. The rates draw from one
-`random.Random(seed)`, which also shuffles Netaxept's element order, so a run is repeatable.
+the client gives up), a `drip_rate` (the answer's status and headers at once, then its body
+a byte every `drip_interval` seconds, 1 s by default) and IXOPAY's status-API rate limits.
+The rates draw from one `random.Random(seed)`, which also shuffles Netaxept's element
+order, so a run is repeatable.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Faults:
     error_rate: float = 0.0
     timeout_rate: float = 0.0
     timeout_seconds: float = 30.0
+    drip_rate: float = 0.0
+    drip_interval: float = 1.0
     rate_limit_per_minute: int = 60  # IXOPAY: per API user; 0 turns the limit off
     rate_limit_per_transaction: int = 10  # IXOPAY: per merchantTransactionId; 0 is off
 
@@ -189,6 +193,7 @@ class State:
         self.faults: dict[str, Faults] = {name: Faults() for name in PROVIDERS}
         self.requests: Counter[str] = Counter()
         self.responses: dict[str, Counter[int]] = {name: Counter() for name in PROVIDERS}
+        self.dripped: Counter[str] = Counter()
         self.netaxept_credentials: dict[str, str] = {}
         self.netaxept_transactions: dict[str, NetaxeptTransaction] = {}
         self.payex_tokens: set[str] = set()
@@ -237,10 +242,12 @@ class State:
             return self.requests[provider]
 
     def stats(self) -> dict[str, Any]:
-        """Requests per provider and responses per provider and status (takes the lock)."""
+        """Requests per provider, responses per provider and status, and answers dripped
+        per provider (takes the lock)."""
         with self.lock:
             return {
                 "requests": {name: self.requests[name] for name in PROVIDERS},
+                "dripped": {name: self.dripped[name] for name in PROVIDERS},
                 "responses": {
                     name: {str(status): count for status, count in sorted(counts.items())}
                     for name, counts in self.responses.items()

@@ -10,8 +10,11 @@ import httpx
 import pytest
 from defusedxml import ElementTree
 
+from shared.errors import ProviderUnavailable
+from shared.http import make_client, send
 from shared.simulators import Simulators
 from shared.simulators.client import SimulatorClient
+from shared.simulators.drip import DRIP_LENGTH
 
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 MERCHANT, TOKEN = "12002835", "netaxept+token="
@@ -349,6 +352,36 @@ def test_timeout_rate_makes_the_client_time_out(
     admin.faults("netaxept", timeout_rate=1, timeout_seconds=5)
     with pytest.raises(httpx.ReadTimeout):
         http.get(QUERY, timeout=0.3)
+
+
+def test_drip_rate_sends_the_headers_at_once_then_a_byte_at_a_time(
+    netaxept: SimulatorClient, sims: Simulators
+) -> None:
+    """Each byte comes well within the read timeout, so the answer goes on past it; only
+    a deadline on the whole request (the workers' `send`) ends it."""
+    netaxept.faults("netaxept", drip_rate=1, drip_interval=0.2)
+    params = {"merchantId": MERCHANT, "token": TOKEN, "transactionId": "tx-captured"}
+    received = b""
+    with httpx.Client(base_url=sims.url, timeout=1.0) as http:
+        started = time.monotonic()
+        with http.stream("GET", QUERY, params=params) as response:
+            headers_after = time.monotonic() - started
+            for chunk in response.iter_raw():
+                received += chunk
+                if time.monotonic() - started > 1.5:  # past the read timeout, still dripping
+                    break
+    assert response.status_code == 200 and headers_after < 0.5
+    assert response.headers["content-type"] == "text/xml; charset=utf-8"
+    assert int(response.headers["content-length"]) == DRIP_LENGTH
+    assert 5 <= len(received) <= 10 and received.startswith(b"<")  # the real answer's start
+    with make_client() as client:
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            send(client, "GET", f"{sims.url}{QUERY}", "dripping Netaxept", within=1.0,
+                 params=params)
+        assert time.monotonic() - started < 1.8
+    assert netaxept.stats()["dripped"] == {"netaxept": 2, "payex": 0, "ixopay": 0,
+                                           "ifthenpay": 0}
 
 
 def test_reset_forgets_data_faults_and_counters(
