@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.errors import ConfigError
 from shared.settings import PROVIDER_SECTIONS, Settings, load_settings, parse_duration
@@ -264,20 +265,32 @@ def _moment(value: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from shared.dev import Ports, run
+def _sandbox(module: str) -> Any:
+    """A part of the sandbox, which a production install (the image) leaves out."""
+    import importlib
 
-    ports = Ports(ingress=args.port, simulators=args.simulators_port,
-                  merchant=args.merchant_port, dashboard=args.dashboard_port)
-    return run(ports, workers=args.workers)
+    try:
+        return importlib.import_module(f"shared.sandbox.{module}")
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("shared.sandbox"):
+            raise
+        sys.exit("the sandbox (payhooks dev, payhooks simulate) is not in this install: "
+                 "run it from a checkout, pip install -e '.[dev]'")
+
+
+def _dev(args: argparse.Namespace) -> int:
+    dev = _sandbox("dev")
+
+    ports = dev.Ports(ingress=args.port, simulators=args.simulators_port,
+                      merchant=args.merchant_port, dashboard=args.dashboard_port)
+    return int(dev.run(ports, workers=args.workers))
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from shared.simulate import simulate
-
+    simulate = _sandbox("simulate").simulate
     settings = load_settings(args.config) if args.config else None
-    return simulate(args.provider, merchant=args.merchant, status=args.status,
-                    ingress=args.ingress, simulators=args.simulators, settings=settings)
+    return int(simulate(args.provider, merchant=args.merchant, status=args.status,
+                        ingress=args.ingress, simulators=args.simulators, settings=settings))
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -290,61 +303,73 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_ingress(args: argparse.Namespace) -> int:
-    from ingress.bench import run
+def _tool(module: str) -> Any:
+    """A benchmark or the chaos test: they live beside the tests (tests/bench, tests/chaos),
+    outside the product's packages, and run from a checkout of payhooks."""
+    import importlib
+    from pathlib import Path
 
-    return run(
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "tests" / "bench").is_dir() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))  # an editable install runs from the checkout
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("tests"):
+            raise
+        sys.exit("payhooks bench and payhooks chaos run from a checkout of payhooks "
+                 "(pip install -e '.[test,dev,bench]'), not from an installed package")
+
+
+def _bench_ingress(args: argparse.Namespace) -> int:
+    return int(_tool("tests.bench.ingress").run(
         duration=2.0 if args.quick else args.duration,
         connections=args.connections,
         providers=[p for p in args.providers.split(",") if p],
         rounds=1 if args.quick else args.rounds,
         appendfsync=args.appendfsync,
-    )
+    ))
 
 
 def _bench_delivery(args: argparse.Namespace) -> int:
-    from workers.bench_delivery import run
-
+    run = _tool("tests.bench.delivery").run
     if args.quick:
-        return run(deliveries=300, rounds=1, timeout=1.0)
-    return run(deliveries=args.deliveries, rounds=args.rounds, timeout=args.timeout)
+        return int(run(deliveries=300, rounds=1, timeout=1.0))
+    return int(run(deliveries=args.deliveries, rounds=args.rounds, timeout=args.timeout))
 
 
 def _bench_worker(args: argparse.Namespace) -> int:
-    from workers.bench import run
-
+    run = _tool("tests.bench.worker").run
     if args.quick:
-        return run(callbacks=200, rounds=1, e2e_seconds=3.0)
-    return run(callbacks=args.callbacks, rounds=args.rounds)
+        return int(run(callbacks=200, rounds=1, e2e_seconds=3.0))
+    return int(run(callbacks=args.callbacks, rounds=args.rounds))
 
 
 def _bench_all(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shared.bench import Options, parse_counts, parse_mix, parse_shares, run
-
+    suite = _tool("tests.bench.suite")
     try:
-        options = Options(duration=args.duration, rounds=args.rounds,
-                          workers=parse_counts(args.workers),
-                          pipeline_workers=args.pipeline_workers,
-                          loads=parse_shares(args.loads), mix=parse_mix(args.mix),
-                          results=Path(args.results))
+        options = suite.Options(duration=args.duration, rounds=args.rounds,
+                                workers=suite.parse_counts(args.workers),
+                                pipeline_workers=args.pipeline_workers,
+                                loads=suite.parse_shares(args.loads),
+                                mix=suite.parse_mix(args.mix), results=Path(args.results))
     except ValueError as exc:
         print(f"payhooks bench all: {exc}", file=sys.stderr)
         return 2
-    return run(options.quickened() if args.quick else options)
+    return int(suite.run(options.quickened() if args.quick else options))
 
 
 def _chaos(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from shared.chaos import Plan, run
-
-    plan = Plan.quick(args.seed) if args.quick else Plan(seed=args.seed)
+    chaos = _tool("tests.chaos.run")
+    plan = chaos.Plan.quick(args.seed) if args.quick else chaos.Plan(seed=args.seed)
     given = {name: getattr(args, name) for name in ("callbacks", "rate", "workers")}
     plan = dataclasses.replace(plan, keep_logs=args.keep_logs, appendfsync=args.appendfsync,
                                **{k: v for k, v in given.items() if v is not None})
-    return run(plan)
+    return int(chaos.run(plan))
 
 
 if __name__ == "__main__":

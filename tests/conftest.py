@@ -29,10 +29,10 @@ from aiohttp.test_utils import TestClient
 
 from ingress.app import create_app
 from shared.logging import configure_logging
-from shared.redis_server import RedisServer, answers
+from shared.sandbox.redis_server import RedisServer, answers
+from shared.sandbox.simulators import Simulators
+from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import LoggingSettings, Settings, settings_from_dict
-from shared.simulators import Simulators
-from shared.simulators.client import SimulatorClient
 from tests.helpers import (
     SECRETS,
     SecretWatch,

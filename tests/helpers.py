@@ -29,13 +29,13 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from shared import dev
 from shared.models import Callback
 from shared.providers import ixopay
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, DELIVERIES, PROCESS_CALLBACK
+from shared.sandbox import dev
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings, settings_from_dict
-from shared.simulators import callbacks as build
-from shared.simulators.client import SimulatorClient
 from workers import worker as worker_main
 from workers.runtime import Runtime
 

@@ -59,12 +59,12 @@ from shared.models import PaymentEvent, callback_json, new_callback_id, utcnow
 from shared.providers import ifthenpay as ifthenpay_module
 from shared.providers import netaxept as netaxept_module
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, DELIVERIES, PROCESS_CALLBACK
+from shared.sandbox.simulators import Simulators
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.callbacks import OutgoingCallback
+from shared.sandbox.simulators.client import SimulatorClient
+from shared.sandbox.simulators.merchant import MerchantEndpoint
 from shared.settings import Settings, settings_from_dict
-from shared.simulators import Simulators
-from shared.simulators import callbacks as build
-from shared.simulators.callbacks import OutgoingCallback
-from shared.simulators.client import SimulatorClient
-from shared.simulators.merchant import MerchantEndpoint
 from tests.helpers import (
     HOOK_SECRET,
     IFTHENPAY_KEY,

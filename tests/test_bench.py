@@ -1,6 +1,6 @@
 """The ingress benchmark, run briefly: it must complete with every callback answered and stored.
 
-It needs wrk, which `ingress.bench` installs with apt-get when running as root (as CI does).
+It needs wrk, which `tests.bench.ingress` installs with apt-get when running as root (as CI does).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from ingress import bench
+from tests.bench import ingress as bench
 
 
 def test_short_benchmark_stores_every_callback_and_prints_figures(

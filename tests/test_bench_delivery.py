@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from workers.bench_delivery import run
+from tests.bench.delivery import run
 
 
 def test_short_delivery_benchmark_reports_every_figure(

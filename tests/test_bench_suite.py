@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import bench
 from shared.cli import main
-from workers.bench_pipeline import interleave
+from tests.bench import suite as bench
+from tests.bench.pipeline import interleave
 
 FIGURES = (
     "ingress | acknowledged callbacks/s (the mix)",

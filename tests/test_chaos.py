@@ -21,12 +21,12 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
-from shared import chaos
-from shared.chaos import DRIP_HOOK, Outgoing, System, Tally
 from shared.keys import attempts_key, delivery_key
-from shared.simulators import callbacks as build
-from shared.simulators.client import SimulatorClient
-from shared.simulators.merchant import MerchantEndpoint, Received
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.client import SimulatorClient
+from shared.sandbox.simulators.merchant import MerchantEndpoint, Received
+from tests.chaos import run as chaos
+from tests.chaos.run import DRIP_HOOK, Outgoing, System, Tally
 from tests.helpers import secrets_in
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.redis_server import free_port
+from shared.sandbox.redis_server import free_port
 from tests.helpers import (
     IFTHENPAY_KEY,
     IXOPAY_SECRET,

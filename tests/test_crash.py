@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import redis
 
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings
-from shared.simulators import callbacks as build
-from shared.simulators.client import SimulatorClient
 from tests.helpers import NETAXEPT_PASSWORD, NETAXEPT_USER, raw, stored_callback
 from workers import runtime as runtimes
 from workers.listing import recent_events

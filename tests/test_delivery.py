@@ -20,8 +20,8 @@ from standardwebhooks import Webhook
 from ingress.app import create_app
 from shared.keys import attempts_key, delivery_key, hook_key
 from shared.queue import DELIVERIES
-from shared.simulators.client import SimulatorClient
-from shared.simulators.merchant import Answer, MerchantEndpoint
+from shared.sandbox.simulators.client import SimulatorClient
+from shared.sandbox.simulators.merchant import Answer, MerchantEndpoint
 from tests.helpers import (
     HOOK_SECRET,
     OLD_SECRET,

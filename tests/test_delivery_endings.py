@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 import workers.worker as worker_main
 from shared.keys import delivery_key
 from shared.queue import DELIVERIES
-from shared.simulators.client import SimulatorClient
+from shared.sandbox.simulators.client import SimulatorClient
 from tests.helpers import netaxept, settings_for, work
 from tests.hostile import HostileServer
 from workers import runtime as runtimes

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.redis_server import free_port
-from shared.simulate import simulate
+from shared.sandbox.redis_server import free_port
+from shared.sandbox.simulate import simulate
 from tests.helpers import secrets_in, wait_until
 
 

@@ -31,10 +31,10 @@ from shared.http import (
 )
 from shared.keys import attempts_key, delivery_key, hook_key
 from shared.queue import CALLBACK_JOB_OPTIONS
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.client import SimulatorClient
+from shared.sandbox.simulators.merchant import Answer, MerchantEndpoint
 from shared.settings import settings_from_dict
-from shared.simulators import callbacks as build
-from shared.simulators.client import SimulatorClient
-from shared.simulators.merchant import Answer, MerchantEndpoint
 from tests.conformance.harness import AnswerServer
 from tests.helpers import (
     netaxept,

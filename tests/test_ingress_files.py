@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from ingress.connections import RESERVED_FILES
-from shared.processes import stop
-from shared.redis_server import free_port
+from shared.sandbox.processes import stop
+from shared.sandbox.redis_server import free_port
 from tests.helpers import MERCHANT_CONFIG, ixopay_body, ixopay_headers, to_toml, wait_until_healthy
 
 SOFT = 256

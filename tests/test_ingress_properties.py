@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 from ingress.app import create_app
 from shared.providers import ixopay
 from shared.providers.netaxept import TRANSACTION_ID
-from shared.redis_server import free_port
+from shared.sandbox.redis_server import free_port
 from shared.settings import Settings
 from tests.helpers import (
     DATE,

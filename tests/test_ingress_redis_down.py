@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from ingress.app import create_app
-from shared.redis_server import RedisServer
+from shared.sandbox.redis_server import RedisServer
 from tests.helpers import (
     IFTHENPAY_KEY,
     NETAXEPT_AUTH,

@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 import redis
 
-from shared.processes import stop
-from shared.redis_server import free_port
+from shared.sandbox.processes import stop
+from shared.sandbox.redis_server import free_port
 from tests.helpers import MERCHANT_CONFIG, queued_callbacks, to_toml, wait_until_healthy
 
 READ_TIMEOUT = 1.0

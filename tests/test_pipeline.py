@@ -14,11 +14,11 @@ from aiohttp.test_utils import TestClient
 
 from ingress.app import create_app
 from shared.queue import CALLBACKS
+from shared.sandbox.simulators import Simulators
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.callbacks import OutgoingCallback
+from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings
-from shared.simulators import Simulators
-from shared.simulators import callbacks as build
-from shared.simulators.callbacks import OutgoingCallback
-from shared.simulators.client import SimulatorClient
 from tests.helpers import (
     IFTHENPAY_KEY,
     IXOPAY_SECRET,

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from ingress.app import create_app
-from shared.redis_server import RedisServer
-from shared.simulators import callbacks as build
+from shared.sandbox.redis_server import RedisServer
+from shared.sandbox.simulators import callbacks as build
 from tests.helpers import IXOPAY_SECRET, enqueue, finished, fork_worker, make_settings, wait_until
 
 

@@ -19,8 +19,8 @@ import redis
 
 from ingress.app import create_app
 from ingress.store import STORE_DEADLINE
-from shared.redis_server import RedisServer
-from shared.simulators import callbacks as build
+from shared.sandbox.redis_server import RedisServer
+from shared.sandbox.simulators import callbacks as build
 from tests.helpers import IXOPAY_SECRET, make_settings, queued_callbacks
 
 

@@ -22,9 +22,9 @@ from rq.serializers import JSONSerializer
 from shared.errors import ProviderRejected, ProviderUnavailable
 from shared.models import Callback, EventType, Fact, PaymentEvent
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import settings_from_dict
-from shared.simulators import callbacks as build
-from shared.simulators.client import SimulatorClient
 from tests.conformance.harness import AnswerServer
 from tests.helpers import (
     IFTHENPAY_KEY,

@@ -27,7 +27,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 import workers.worker as worker_main
-from shared.redis_server import RedisServer
+from shared.sandbox.redis_server import RedisServer
 from tests.helpers import (
     RUNS,
     enqueue,

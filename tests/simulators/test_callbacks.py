@@ -17,8 +17,7 @@ from shared.providers.ifthenpay import Ifthenpay, parse_fields
 from shared.providers.ixopay import Ixopay
 from shared.providers.netaxept import Netaxept
 from shared.providers.payex import Payex
-from shared.settings import IfthenpaySettings, IxopaySettings, NetaxeptSettings, PayexSettings
-from shared.simulators.callbacks import (
+from shared.sandbox.simulators.callbacks import (
     OutgoingCallback,
     ifthenpay_callback,
     ixopay_callback,
@@ -26,6 +25,7 @@ from shared.simulators.callbacks import (
     payex_callback,
     send,
 )
+from shared.settings import IfthenpaySettings, IxopaySettings, NetaxeptSettings, PayexSettings
 from tests.helpers import (
     IFTHENPAY_KEY,
     IXOPAY_SECRET,

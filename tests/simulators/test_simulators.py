@@ -12,9 +12,9 @@ from defusedxml import ElementTree
 
 from shared.errors import ProviderUnavailable
 from shared.http import make_client, send
-from shared.simulators import Simulators
-from shared.simulators.client import SimulatorClient
-from shared.simulators.drip import DRIP_LENGTH
+from shared.sandbox.simulators import Simulators
+from shared.sandbox.simulators.client import SimulatorClient
+from shared.sandbox.simulators.drip import DRIP_LENGTH
 
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 MERCHANT, TOKEN = "12002835", "netaxept+token="

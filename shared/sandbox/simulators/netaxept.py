@@ -23,8 +23,8 @@ from html import escape
 
 from aiohttp import web
 
-from shared.simulators.fields import Fields
-from shared.simulators.state import STATE, NetaxeptError, NetaxeptTransaction, State, now
+from shared.sandbox.simulators.fields import Fields
+from shared.sandbox.simulators.state import STATE, NetaxeptError, NetaxeptTransaction, State, now
 
 Node = tuple[str, "str | list[Node]"]
 

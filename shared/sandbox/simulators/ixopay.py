@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.simulators.fields import Fields
-from shared.simulators.state import STATE, IxopayTransaction, State
+from shared.sandbox.simulators.fields import Fields
+from shared.sandbox.simulators.state import STATE, IxopayTransaction, State
 
 BASE = "/api/v3/status/{api_key}"
 

@@ -1,4 +1,4 @@
-"""The table and the plot of `payhooks bench all` (shared/bench.py measures).
+"""The table and the plot of `payhooks bench all` (tests/bench/suite.py measures).
 
 Every figure is one row of a Markdown table (part, figure, measured value, target), so the
 same text is printed, written to `results.md` and can be pasted into the README. The plot,
@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ingress.bench import WrkResult, _version, cpu_model, median_result
-from workers.bench import _percentile
-from workers.bench_pipeline import Pipeline
+from tests.bench.ingress import WrkResult, cpu_model, median_result, package_version
+from tests.bench.pipeline import Pipeline
+from tests.bench.worker import percentile
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes  # type: ignore[import-not-found,unused-ignore]
@@ -87,8 +87,8 @@ def _pipeline(pipeline: Pipeline) -> list[Figure]:
         latencies = run.latencies_ms
         figures += [Figure(part, f"{at} callbacks/s sent", run.sent_rate),
                     Figure(part, f"{at} callbacks/s delivered", run.rate),
-                    Figure(part, f"{at} end-to-end latency p50 ms", _percentile(latencies, 0.5)),
-                    Figure(part, f"{at} end-to-end latency p99 ms", _percentile(latencies, 0.99)),
+                    Figure(part, f"{at} end-to-end latency p50 ms", percentile(latencies, 0.5)),
+                    Figure(part, f"{at} end-to-end latency p99 ms", percentile(latencies, 0.99)),
                     Figure(part, f"{at} end-to-end latency max ms", max(latencies, default=0.0))]
     return figures
 
@@ -141,8 +141,9 @@ def _machine(redis_version: str) -> str:
     system = platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
     return (f"{os.cpu_count()} cores, {cpu_model()}, "
             f"{int(memory.group(1)) / 2**20 if memory else 0:.0f} GiB RAM, {system}, Python "
-            f"{platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop "
-            f"{_version('uvloop')}, RQ {_version('rq')}, redis-py {_version('redis')}, "
+            f"{platform.python_version()}, aiohttp {package_version('aiohttp')}, uvloop "
+            f"{package_version('uvloop')}, RQ {package_version('rq')}, "
+            f"redis-py {package_version('redis')}, "
             f"Redis {redis_version}")
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.redis_server import RedisServer, answers
-from shared.simulators.client import SimulatorClient
+from shared.sandbox.redis_server import RedisServer, answers
+from shared.sandbox.simulators.client import SimulatorClient
 
 DEMO_SECRETS = {
     "DEMO_IXOPAY_SECRET": "demo-ixopay-shared-secret",
@@ -122,9 +122,9 @@ def run(ports: Ports | None = None, workers: int = 2) -> int:
         env = {k: v for k, v in os.environ.items() if k != "PAYHOOKS_REDIS_URL"}
         processes = stack.enter_context(_children())
         python = sys.executable
-        processes.append(_start([python, "-m", "shared.simulators", "--port",
+        processes.append(_start([python, "-m", "shared.sandbox.simulators", "--port",
                                  str(ports.simulators)], env))
-        processes.append(_start([python, "-m", "shared.simulators.merchant", "--port",
+        processes.append(_start([python, "-m", "shared.sandbox.simulators.merchant", "--port",
                                  str(ports.merchant), "--secret", DEMO_HOOK_SECRET], env))
         _wait_for(f"http://127.0.0.1:{ports.simulators}/_sim/stats")
         register_demo(f"http://127.0.0.1:{ports.simulators}")

@@ -1,6 +1,6 @@
 """`SimulatorClient`: a small synchronous client of the simulators' `/_sim/` admin API.
 
-One method per admin endpoint (see `shared.simulators.admin`), each answering the parsed
+One method per admin endpoint (see `shared.sandbox.simulators.admin`), each answering the parsed
 JSON reply; an HTTP error raises `httpx.HTTPStatusError`. Keyword names are the admin
 API's JSON names. Built on httpx, so it works from `payhooks dev`, benchmarks and tests
 that talk to simulators in another process.

@@ -43,18 +43,18 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from shared.processes import clean_env, stop
 from shared.providers import ixopay
-from shared.redis_server import RedisServer, free_port
+from shared.sandbox.processes import clean_env, stop
+from shared.sandbox.redis_server import RedisServer, free_port
 from shared.settings import load_settings, settings_from_dict
 
 MERCHANT = "bench"
-IXOPAY_SECRET = "bench-ixopay-shared-secret"  # noqa: S105 - a benchmark-only secret
+IXOPAY_SECRET = "bench-ixopay-shared-secret"
 IFTHENPAY_KEY = "bench-anti-phishing-key"
 REQUESTS_PER_PROVIDER = 1000
 WARMUP_SECONDS = 1.0
 TARGET_RATIO, TARGET_P99_MS = 0.50, 10.0
-_PROJECT = Path(__file__).resolve().parent.parent
+_PROJECT = Path(__file__).resolve().parents[2]
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _LUA_SCRIPT = """\
 local requests, count, index = {}, 0, 0
@@ -218,7 +218,7 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def _pin(cpu: int) -> Callable[[], None]:
+def pin(cpu: int) -> Callable[[], None]:
     return functools.partial(os.sched_setaffinity, 0, {cpu})
 
 
@@ -237,7 +237,7 @@ def start_server(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Pa
     """Start a server pinned to `cpu` (its last argument is its port); its URL once healthy."""
     with log.open("wb") as stderr:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env=clean_env(), cwd=_PROJECT, preexec_fn=_pin(cpu))
+                                   env=clean_env(), cwd=_PROJECT, preexec_fn=pin(cpu))
     stack.callback(stop, process)
     port, deadline = int(argv[-1]), time.monotonic() + 30
     while not _healthy(port):
@@ -270,7 +270,7 @@ def parse_wrk(output: str) -> WrkResult:
 def run_wrk(setup: Setup, url: str, requests: Path, seconds: float) -> WrkResult:
     argv = [*setup.wrk, f"-d{max(1, round(seconds))}s", url, "--", str(requests)]  # whole s
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
-                          preexec_fn=_pin(setup.load_cpu), check=False)
+                          preexec_fn=pin(setup.load_cpu), check=False)
     if done.returncode != 0:
         raise BenchError(f"wrk exited with {done.returncode}:\n{done.stdout}{done.stderr}")
     return parse_wrk(done.stdout)
@@ -305,7 +305,7 @@ def median_result(results: list[WrkResult]) -> WrkResult:
     )
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -333,8 +333,8 @@ def header(setup: Setup, seconds: float, connections: int, server_cpu: int, roun
         f"{setup.redis.info('server')['redis_version']} ({_persistence(setup.redis)}, on CPU "
         f"{setup.load_cpu})"
         f"\nmachine: {os.cpu_count()} cores, {cpu_model()}, "
-        f"Python {platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop "
-        f"{_version('uvloop')}; {REQUESTS_PER_PROVIDER} distinct requests per provider\n"
+        f"Python {platform.python_version()}, aiohttp {package_version('aiohttp')}, uvloop "
+        f"{package_version('uvloop')}; {REQUESTS_PER_PROVIDER} distinct requests per provider\n"
         f"{'provider':<10}{'bare req/s':>12}{'ingress req/s':>15}{'ratio':>7}{'p50 ms':>8}"
         f"{'p99 ms':>8}{'bare p99 ms':>13}  stored"
     )
@@ -364,7 +364,7 @@ def summary(rows: list[Row]) -> list[str]:
     return lines
 
 
-def _start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int],
+def start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int],
            appendfsync: str | None) -> Setup:
     """Redis, the ingress and the bare server, each stopped when `stack` closes."""
     directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="payhooks-bench-")))
@@ -380,8 +380,8 @@ def _start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int],
     ingress = start_server(stack, [sys.executable, "-m", "shared.cli", "ingress", "--config",
                                    str(directory / "payhooks.toml"), "--host", "127.0.0.1",
                                    "--port", str(free_port())], cpus[0], directory / "ingress.log")
-    bare = start_server(stack, [sys.executable, "-m", "ingress.bench", "--bare", str(free_port())],
-                        cpus[0], directory / "bare.log")
+    bare = start_server(stack, [sys.executable, "-m", "tests.bench.ingress", "--bare",
+                                str(free_port())], cpus[0], directory / "bare.log")
     wrk = [*wrk, "--latency", "-s", str(directory / "requests.lua")]
     return Setup(wrk, cpus[1], bare, ingress, client, directory)
 
@@ -404,7 +404,7 @@ def run(duration: float, connections: int, providers: list[str], rounds: int = 3
     rows: list[Row] = []
     try:
         with contextlib.ExitStack() as stack:
-            setup = _start(stack, [wrk, "-t1", f"-c{connections}"], cpus, appendfsync)
+            setup = start(stack, [wrk, "-t1", f"-c{connections}"], cpus, appendfsync)
             print(header(setup, duration, connections, cpus[0], rounds), flush=True)
             for provider in providers:
                 rows.append(bench_provider(setup, provider, duration, rounds))
@@ -436,5 +436,5 @@ def serve_bare(port: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--bare"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m ingress.bench --bare PORT")
+        sys.exit("usage: python -m tests.bench.ingress --bare PORT")
     serve_bare(int(sys.argv[2]))

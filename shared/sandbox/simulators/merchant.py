@@ -5,7 +5,7 @@ prints each event. Any path works. By default every request gets 200; `script(pa
 queues answers for a path (status, headers, a delay before answering, a drip), used in
 order and then the path's default. An answer with `drip` set sends its status and headers
 at once, then its body a byte every `drip` seconds, never ending within any sane timeout
-(shared/simulators/drip.py): a hook that only a deadline on the whole attempt cuts off.
+(shared/sandbox/simulators/drip.py): a hook that only a deadline on the whole attempt cuts off.
 With `verify_secret` set it checks the Standard Webhooks signature (with the
 `standardwebhooks` package) and answers 401 when it does not verify.
 """
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from shared.simulators.drip import drip
-from shared.simulators.server import BackgroundServer
+from shared.sandbox.simulators.drip import drip
+from shared.sandbox.simulators.server import BackgroundServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve a sample merchant endpoint that prints every event it receives."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m shared.simulators.merchant",
+    parser = argparse.ArgumentParser(prog="python -m shared.sandbox.simulators.merchant",
                                      description=main.__doc__)
     parser.add_argument("--port", type=int, default=8091)
     parser.add_argument("--secret", help="a whsec_ secret: check each signature with it")

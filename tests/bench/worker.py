@@ -1,6 +1,6 @@
 """`payhooks bench worker`: one worker's process_callback rate next to RQ's own, and the time
 from the ingress's 200 to a callback's delivery jobs. Redis (ours, no persistence) and the
-provider simulators (`python -m shared.simulators`, answering at once) run as processes.
+provider simulators (`python -m shared.sandbox.simulators`, answering at once) run as processes.
 
 1. RQ's no-op rate, the ceiling: N jobs of `noop`, shaped like callback jobs (the ingress's
    template, options, payloads and enqueue script), run by one `build_worker` SimpleWorker
@@ -53,28 +53,28 @@ from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 from yarl import URL
 
-from ingress.bench import BenchError, _pin, _version, cpu_model
 from shared import queue as queues
 from shared.keys import ALL_EVENTS
 from shared.models import callback_json, new_callback_id, utcnow
-from shared.processes import answers, clean_env, stop, wait_until
 from shared.providers import build_providers
-from shared.redis_server import RedisServer, free_port
+from shared.sandbox.processes import answers, clean_env, stop, wait_until
+from shared.sandbox.redis_server import RedisServer, free_port
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.callbacks import OutgoingCallback
+from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings, load_settings
-from shared.simulators import callbacks as build
-from shared.simulators.callbacks import OutgoingCallback
-from shared.simulators.client import SimulatorClient
+from tests.bench.ingress import BenchError, cpu_model, package_version, pin
 from workers.events import delivery_job_id
 from workers.listing import recent_events
 
 MERCHANT, NETAXEPT_ID, HOOKS = "bench", "12002835", ("orders", "ledger")  # as in CONFIG
-IXOPAY_SECRET = "bench-ixopay-shared-secret"  # noqa: S105 - a benchmark-only secret
+IXOPAY_SECRET = "bench-ixopay-shared-secret"
 IFTHENPAY_KEY, NETAXEPT_TOKEN, PAYEX_TOKEN = "bench-key", "bench-netaxept", "bench-payex"
 EVENTS = {"netaxept": 2, "payex": 1, "ixopay": 1, "ifthenpay": 1}  # events per callback
 PROVIDERS = tuple(EVENTS)
-NOOP_QUEUE, NOOP = "bench-noop", "workers.bench.noop"
+NOOP_QUEUE, NOOP = "bench-noop", "tests.bench.worker.noop"
 TARGET_RATIO, TARGET_P99_MS, LOAD_SHARE, WARMUP = 0.7, 50.0, 0.5, 40
-_PROJECT = Path(__file__).resolve().parent.parent
+_PROJECT = Path(__file__).resolve().parents[2]
 CONFIG = """\
 redis_url = "{redis}"
 logging = {{ level = "info", format = "json" }}
@@ -110,32 +110,33 @@ class Bench:
     cpus: tuple[int, int]  # (what is measured, everything else)
 
 
-def _wait(ready: Callable[[], bool], seconds: float, what: str | Callable[[], str]) -> None:
+def wait(ready: Callable[[], bool], seconds: float, what: str | Callable[[], str]) -> None:
     wait_until(ready, seconds, what, BenchError)
 
 
-def _tail(log: Path) -> str:
+def tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:]
 
 
-def _spawn(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Path,
+def spawn(stack: contextlib.ExitStack, argv: list[str], cpu: int, log: Path,
            ready: str | None = None) -> None:
     """Start a process pinned to `cpu`, stopped when `stack` closes; wait until `ready`
     answers a GET with 200."""
     with log.open("wb") as stderr:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env=clean_env(), cwd=_PROJECT, preexec_fn=_pin(cpu))
+                                   env=clean_env(), cwd=_PROJECT, preexec_fn=pin(cpu))
     stack.callback(stop, process)
     if ready is not None:
-        _wait(lambda: process.poll() is None and answers(ready), 30,
-              lambda: f"{' '.join(argv[1:4])} did not start:\n{_tail(log)}")
+        wait(lambda: process.poll() is None and answers(ready), 30,
+              lambda: f"{' '.join(argv[1:4])} did not start:\n{tail(log)}")
 
 
 def _worker_argv(bench: Bench, queue: str, *burst: str) -> list[str]:
-    return [sys.executable, "-m", "workers.bench", "--worker", str(bench.config), queue, *burst]
+    return [sys.executable, "-m", "tests.bench.worker", "--worker", str(bench.config), queue,
+            *burst]
 
 
-def _start(stack: contextlib.ExitStack, cpus: tuple[int, int]) -> Bench:
+def start(stack: contextlib.ExitStack, cpus: tuple[int, int]) -> Bench:
     """Redis and the simulators (credentials registered) on cpus[1], and the config."""
     directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="payhooks-bench-")))
     server = stack.enter_context(RedisServer())
@@ -143,8 +144,9 @@ def _start(stack: contextlib.ExitStack, cpus: tuple[int, int]) -> Bench:
         for task in Path(f"/proc/{server.process.pid}/task").iterdir():
             os.sched_setaffinity(int(task.name), {cpus[1]})
     sims = f"http://127.0.0.1:{free_port()}"
-    _spawn(stack, [sys.executable, "-m", "shared.simulators", "--port", sims.split(":")[-1]],
-           cpus[1], directory / "simulators.log", f"{sims}/_sim/faults")
+    spawn(stack, [sys.executable, "-m", "shared.sandbox.simulators", "--port",
+                   sims.split(":")[-1]], cpus[1], directory / "simulators.log",
+           f"{sims}/_sim/faults")
     config = directory / "payhooks.toml"
     config.write_text(CONFIG.format(
         redis=server.url, sims=sims, ixopay=IXOPAY_SECRET, ifthenpay=IFTHENPAY_KEY,
@@ -167,7 +169,7 @@ def _round_trip_ms(bench: Bench, pings: int = 500) -> float:
     return elapsed / pings * 1000
 
 
-def _outgoing(admin: SimulatorClient, n: int) -> tuple[Key, OutgoingCallback]:
+def outgoing(admin: SimulatorClient, n: int) -> tuple[Key, OutgoingCallback]:
     """Callback n (the providers in turn), its payment registered with the simulators first."""
     provider, ref = PROVIDERS[n % len(PROVIDERS)], secrets.token_hex(10)
     if provider == "netaxept":
@@ -189,7 +191,7 @@ def _outgoing(admin: SimulatorClient, n: int) -> tuple[Key, OutgoingCallback]:
         payment_datetime="03-01-2024 15:15:16")
 
 
-def _stored(bench: Bench, keyed: Keyed) -> list[queues.PendingJob]:
+def stored_jobs(bench: Bench, keyed: Keyed) -> list[queues.PendingJob]:
     """Each callback as the ingress stores it: verified, then its Callback JSON."""
     providers = build_providers(bench.settings.merchants[MERCHANT])
     stored = []
@@ -205,7 +207,7 @@ def _stored(bench: Bench, keyed: Keyed) -> list[queues.PendingJob]:
     return stored
 
 
-def _enqueue(bench: Bench, template: queues.JobTemplate, stored: list[queues.PendingJob]
+def enqueue(bench: Bench, template: queues.JobTemplate, stored: list[queues.PendingJob]
              ) -> None:
     script = bench.redis.register_script(queues.ENQUEUE_SCRIPT)
     pending = [(job_id, template.data(data), text) for job_id, data, text in stored]
@@ -213,7 +215,7 @@ def _enqueue(bench: Bench, template: queues.JobTemplate, stored: list[queues.Pen
         script(args=template.script_args(pending[start:start + 500]))
 
 
-def _epoch(stamp: bytes | None) -> float:
+def epoch(stamp: bytes | None) -> float:
     if not stamp:
         raise BenchError("a job was not run")
     return utcparse(stamp.decode()).timestamp()
@@ -225,13 +227,13 @@ def _burst(bench: Bench, queue: str, ids: list[str]) -> float:
     with log.open("wb") as stderr:
         done = subprocess.run(_worker_argv(bench, queue, "--burst"), stdout=subprocess.DEVNULL,
                               stderr=stderr, env=clean_env(), cwd=_PROJECT, timeout=900,
-                              preexec_fn=_pin(bench.cpus[0]), check=False)
+                              preexec_fn=pin(bench.cpus[0]), check=False)
     if done.returncode != 0:
-        raise BenchError(f"the worker exited with {done.returncode}:\n{_tail(log)}")
+        raise BenchError(f"the worker exited with {done.returncode}:\n{tail(log)}")
     pipe = bench.redis.pipeline(transaction=False)
     for job_id in ids:
         pipe.hmget(Job.redis_job_namespace_prefix + job_id, "started_at", "ended_at")
-    times = [(_epoch(start), _epoch(end)) for start, end in pipe.execute()]
+    times = [(epoch(start), epoch(end)) for start, end in pipe.execute()]
     return len(ids) / (max(end for _, end in times) - min(start for start, _ in times))
 
 
@@ -259,8 +261,8 @@ def _check(bench: Bench, keyed: Keyed) -> list[str]:
 
 def _rounds(bench: Bench, count: int, rounds: int) -> tuple[float, float, list[str]]:
     """Alternate no-op and process_callback runs; their median rates and any problem."""
-    keyed = [_outgoing(bench.admin, n) for n in range(count)]
-    stored = _stored(bench, keyed)
+    keyed = [outgoing(bench.admin, n) for n in range(count)]
+    stored = stored_jobs(bench, keyed)
     ids = [job_id for job_id, _, _ in stored]
     noops: list[float] = []
     rates: list[float] = []
@@ -270,7 +272,7 @@ def _rounds(bench: Bench, count: int, rounds: int) -> tuple[float, float, list[s
     for number in range(1, rounds + 1):
         for queue, template, measured in runs:
             bench.redis.flushdb()
-            _enqueue(bench, template, stored)
+            enqueue(bench, template, stored)
             measured.append(_burst(bench, queue, ids))
         problems += _check(bench, keyed)
         print(f"round {number}: no-op {noops[-1]:.1f} jobs/s, process_callback "
@@ -278,7 +280,7 @@ def _rounds(bench: Bench, count: int, rounds: int) -> tuple[float, float, list[s
     return statistics.median(noops), statistics.median(rates), problems
 
 
-async def _send(url: str, keyed: Keyed, rate: float) -> tuple[dict[Key, float], float]:
+async def send(url: str, keyed: Keyed, rate: float) -> tuple[dict[Key, float], float]:
     """Send the callbacks open-loop, one every 1/rate s: when each 200 came, the rate sent."""
     acks: dict[Key, float] = {}
 
@@ -302,7 +304,7 @@ async def _send(url: str, keyed: Keyed, rate: float) -> tuple[dict[Key, float], 
 def _settle(bench: Bench, events: int) -> None:
     """Wait (a minute at most) until the worker has recorded `events` events or failed a job."""
     with contextlib.suppress(BenchError):  # what is missing is reported by _check
-        _wait(lambda: bench.redis.zcard(ALL_EVENTS) >= events or _failed(bench) > 0, 60, "")
+        wait(lambda: bench.redis.zcard(ALL_EVENTS) >= events or _failed(bench) > 0, 60, "")
 
 
 def _delivered(bench: Bench) -> dict[Key, float]:
@@ -317,7 +319,7 @@ def _delivered(bench: Bench) -> dict[Key, float]:
     for event in events:
         key = (event.data.provider, event.data.payment_id)
         for _ in HOOKS:
-            done[key] = max(done.get(key, 0.0), _epoch(next(stamps)))
+            done[key] = max(done.get(key, 0.0), epoch(next(stamps)))
     return done
 
 
@@ -325,18 +327,18 @@ def _e2e(bench: Bench, rate: float, seconds: float) -> tuple[float, list[float],
     """The ingress and a continuous worker on CPU 0; fresh callbacks at `rate` for `seconds`
     after a warm-up; the latency of each, in ms."""
     bench.redis.flushdb()
-    warm = [_outgoing(bench.admin, n) for n in range(WARMUP)]
-    keyed = [_outgoing(bench.admin, WARMUP + n) for n in range(max(4, round(rate * seconds)))]
+    warm = [outgoing(bench.admin, n) for n in range(WARMUP)]
+    keyed = [outgoing(bench.admin, WARMUP + n) for n in range(max(4, round(rate * seconds)))]
     with contextlib.ExitStack() as stack:
         port = free_port()
-        _spawn(stack, [sys.executable, "-m", "shared.cli", "ingress", "--config",
+        spawn(stack, [sys.executable, "-m", "shared.cli", "ingress", "--config",
                        str(bench.config), "--host", "127.0.0.1", "--port", str(port)],
                bench.cpus[0], bench.directory / "ingress.log", f"http://127.0.0.1:{port}/healthz")
-        _spawn(stack, _worker_argv(bench, queues.CALLBACKS), bench.cpus[0],
+        spawn(stack, _worker_argv(bench, queues.CALLBACKS), bench.cpus[0],
                bench.directory / "worker-e2e.log")
-        _wait(lambda: bench.redis.scard("rq:workers") > 0, 30, "the worker did not start")
+        wait(lambda: bench.redis.scard("rq:workers") > 0, 30, "the worker did not start")
         for sent, total in ((warm, warm), (keyed, [*warm, *keyed])):
-            acks, achieved = asyncio.run(_send(f"http://127.0.0.1:{port}", sent, rate))
+            acks, achieved = asyncio.run(send(f"http://127.0.0.1:{port}", sent, rate))
             _settle(bench, sum(_expected(total).values()))
     done = _delivered(bench)
     latencies = [(done[key] - ack) * 1000 for key, ack in acks.items() if key in done]
@@ -347,7 +349,7 @@ def _e2e(bench: Bench, rate: float, seconds: float) -> tuple[float, list[float],
     return achieved, latencies, problems
 
 
-def _percentile(values: Sequence[float], share: float) -> float:
+def percentile(values: Sequence[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)] if ordered else math.nan
 
@@ -358,19 +360,19 @@ def header(bench: Bench, count: int, rounds: int, seconds: float) -> str:
         f"{len(HOOKS)} hooks taking every event), medians of {rounds} rounds (no-op, then "
         f"process_callback); end to end {seconds:g} s at {LOAD_SHARE:.0%} of that rate\n"
         f"machine: {os.cpu_count()} cores, {cpu_model()}, "
-        f"Python {platform.python_version()}, RQ {_version('rq')}, redis-py "
-        f"{_version('redis')}, Redis {bench.redis.info('server')['redis_version']} "
+        f"Python {platform.python_version()}, RQ {package_version('rq')}, redis-py "
+        f"{package_version('redis')}, Redis {bench.redis.info('server')['redis_version']} "
         f"(no persistence, PING from CPU {bench.cpus[0]} {_round_trip_ms(bench):.3f} ms)\n"
         f"cores: CPU {bench.cpus[0]}: the worker (rounds), the ingress and the worker (end to "
         f"end); CPU {bench.cpus[1]}: simulators, Redis, this process (set-up, load generator)")
 
 
 def table(noop_rate: float, rate: float, achieved: float, latencies: list[float]) -> list[str]:
-    ratio, p99 = rate / noop_rate, _percentile(latencies, 0.99)
+    ratio, p99 = rate / noop_rate, percentile(latencies, 0.99)
     rows = [("no-op jobs/s (RQ ceiling)", noop_rate, 1),
             ("process_callback callbacks/s", rate, 1), ("ratio to no-op", ratio, 2),
             (f"e2e callbacks/s (asked {rate * LOAD_SHARE:.1f})", achieved, 1),
-            ("e2e latency p50 ms", _percentile(latencies, 0.5), 2), ("e2e latency p99 ms", p99, 2),
+            ("e2e latency p50 ms", percentile(latencies, 0.5), 2), ("e2e latency p99 ms", p99, 2),
             ("e2e latency max ms", max(latencies, default=math.nan), 2)]
     return [*(f"{label:<40}{value:>12.{digits}f}" for label, value, digits in rows),
             f"target: ratio >= {TARGET_RATIO:.2f}: {'met' if ratio >= TARGET_RATIO else 'NOT met'}",
@@ -385,7 +387,7 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> in
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(os.sched_setaffinity, 0, allowed)
-            bench = _start(stack, cpus)
+            bench = start(stack, cpus)
             print(header(bench, callbacks, rounds, e2e_seconds), flush=True)
             noop_rate, rate, problems = _rounds(bench, callbacks, max(1, rounds))
             achieved, latencies, more = _e2e(bench, rate * LOAD_SHARE, e2e_seconds)
@@ -413,5 +415,5 @@ def work(config: str, queue: str, burst: bool) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--worker"] or sys.argv[4:] not in ([], ["--burst"]):
-        sys.exit("usage: python -m workers.bench --worker CONFIG QUEUE [--burst]")
+        sys.exit("usage: python -m tests.bench.worker --worker CONFIG QUEUE [--burst]")
     sys.exit(work(sys.argv[2], sys.argv[3], sys.argv[4:] == ["--burst"]))

@@ -9,11 +9,11 @@ One aiohttp application serves them all, since their paths do not collide:
 - the admin API `/_sim/...` (`admin`; `client.SimulatorClient` drives it over HTTP).
 Provider facts and sources: /work/shared/providers/netaxept_payex.md and
 ixopay_ifthenpay.md. Correct callbacks, as each provider sends them, come from
-`shared.simulators.callbacks`.
+`shared.sandbox.simulators.callbacks`.
 
 `Simulators` runs the app on 127.0.0.1 in a background thread with its own event loop, for
 tests and benchmarks in the same process (which may also use `Simulators.state` directly);
-`python -m shared.simulators --port P` serves it in the foreground, for `payhooks dev`.
+`python -m shared.sandbox.simulators --port P` serves it in the foreground, for `payhooks dev`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,18 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from shared.redis_server import free_port
-from shared.simulators import admin, faults, ifthenpay, ixopay, netaxept, payex, paymentorders
-from shared.simulators.server import BackgroundServer
-from shared.simulators.state import STATE, State
+from shared.sandbox.redis_server import free_port
+from shared.sandbox.simulators import (
+    admin,
+    faults,
+    ifthenpay,
+    ixopay,
+    netaxept,
+    payex,
+    paymentorders,
+)
+from shared.sandbox.simulators.server import BackgroundServer
+from shared.sandbox.simulators.state import STATE, State
 
 __all__ = ["STATE", "Simulators", "State", "create_app", "main"]
 
@@ -60,7 +68,7 @@ class Simulators(BackgroundServer):
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the simulators in the foreground until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m shared.simulators",
+        prog="python -m shared.sandbox.simulators",
         description="Serve the payment-provider simulators and their /_sim/ admin API.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,7 +1,7 @@
 """The simulators' admin API under `/_sim/`: set up data and faults from another process.
 
 `payhooks dev`, the benchmarks and tests in another process drive the simulators with it
-(`shared.simulators.client.SimulatorClient` wraps every endpoint). Bodies and answers are
+(`shared.sandbox.simulators.client.SimulatorClient` wraps every endpoint). Bodies and answers are
 JSON; a bad body is HTTP 400 `{"error": "..."}`, an unknown id 404. Data endpoints create
 (or, where the provider's own id is given, replace) one object and answer the stored view,
 including the GUIDs and numbers the server assigned. Admin requests are not counted in the
@@ -17,9 +17,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from shared.simulators import ifthenpay, ixopay, netaxept, payex, paymentorders
-from shared.simulators.fields import BadRequest, Fields
-from shared.simulators.state import PROVIDERS, STATE, Faults, IxopayCredentials
+from shared.sandbox.simulators import ifthenpay, ixopay, netaxept, payex, paymentorders
+from shared.sandbox.simulators.fields import BadRequest, Fields
+from shared.sandbox.simulators.state import PROVIDERS, STATE, Faults, IxopayCredentials
 
 _FAULT_FIELDS = tuple(Faults.__dataclass_fields__)
 

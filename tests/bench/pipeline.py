@@ -1,17 +1,17 @@
-"""The pipeline, scaling and memory parts of `payhooks bench all` (`shared/bench.py` runs them
+"""The pipeline, scaling and memory parts of `payhooks bench all` (`tests/bench/suite.py` runs them
 and prints the table).
 
 The real system runs as processes: our own Redis (no persistence) and the provider
-simulators (`python -m shared.simulators`), both started by `payhooks bench worker`'s
-set-up (workers/bench.py `_start`), the ingress (`payhooks ingress`) and workers (`payhooks
+simulators (`python -m shared.sandbox.simulators`), both started by `payhooks bench worker`'s
+set-up (tests/bench/worker.py `start`), the ingress (`payhooks ingress`) and workers (`payhooks
 worker`: SimpleWorkers on `callbacks` and `deliveries`, with the scheduler). The merchant has
 one hook, at a `MerchantEndpoint` in this process that notes when each event arrives.
-Callbacks are `payhooks bench worker`'s (`_outgoing`: Netaxept authorized and captured, two
+Callbacks are `payhooks bench worker`'s (`outgoing`: Netaxept authorized and captured, two
 events; a PayEx Sale; IXOPAY DEBIT OK; ifthenpay paid; payments registered with the
 simulators beforehand), the providers interleaved in the proportions of the mix.
 
 - pipeline: the ingress and P workers, the simulators answering at once. The load generator
-  (workers/bench.py `_send`: open-loop, an aiohttp client in this process) notes when each
+  (tests/bench/worker.py `send`: open-loop, an aiohttp client in this process) notes when each
   200 came. An event's latency is when the endpoint received it minus that 200 (matched by
   provider and payment id). A rate is callbacks whose every event arrived, divided by the
   time from the first 200 to the last arrival. Capacity: a backlog sent at 1,000/s, sized
@@ -45,15 +45,15 @@ from pathlib import Path
 
 import orjson
 
-from ingress.bench import BenchError
 from shared import queue as queues
-from shared.processes import answers, clean_env, stop
-from shared.redis_server import free_port
+from shared.sandbox.processes import answers, clean_env, stop
+from shared.sandbox.redis_server import free_port
+from shared.sandbox.simulators.callbacks import OutgoingCallback
+from shared.sandbox.simulators.merchant import MerchantEndpoint
 from shared.settings import load_settings
-from shared.simulators.callbacks import OutgoingCallback
-from shared.simulators.merchant import MerchantEndpoint
-from workers import bench as worker_bench
-from workers.bench import EVENTS, MERCHANT, PROVIDERS, Bench, Key
+from tests.bench import worker as worker_bench
+from tests.bench.ingress import BenchError
+from tests.bench.worker import EVENTS, MERCHANT, PROVIDERS, Bench, Key
 
 HOOK = """\
 hooks = [{{ id = "orders", url = "{endpoint}/events", secret = "whsec_MfKQ9r8GKYqrTwjUPD8I" }}]
@@ -63,7 +63,7 @@ WARMUP = 40  # callbacks through the pipeline before it is measured
 STALL_SECONDS = 20.0  # no event for this long: the rest are reported missing
 LATENCIES = (0.05, 0.0)  # the simulators' answer time in the scaling runs
 GUESS = {0.05: 20.0, 0.0: 50.0}  # callbacks/s of one worker, to size the first batch
-_PROJECT = Path(__file__).resolve().parent.parent
+_PROJECT = Path(__file__).resolve().parents[2]
 Keyed = list[tuple[Key, OutgoingCallback]]
 
 
@@ -113,7 +113,7 @@ def start(stack: contextlib.ExitStack, cpus: tuple[int, int]) -> System:
     has the worker benchmark's merchant and one hook at the endpoint."""
     os.sched_setaffinity(0, {cpus[1]})  # before the endpoint's thread, which inherits it
     endpoint = stack.enter_context(MerchantEndpoint())
-    bench = worker_bench._start(stack, cpus)
+    bench = worker_bench.start(stack, cpus)
     text = bench.config.read_text().partition("hooks = [")[0]
     bench.config.write_text(text + HOOK.format(endpoint=endpoint.url))
     bench.settings = load_settings(bench.config, environ={})
@@ -122,7 +122,7 @@ def start(stack: contextlib.ExitStack, cpus: tuple[int, int]) -> System:
     return System(bench, endpoint)
 
 
-def _spawn(stack: contextlib.ExitStack, argv: list[str], cpus: set[int], log: Path
+def spawn(stack: contextlib.ExitStack, argv: list[str], cpus: set[int], log: Path
            ) -> subprocess.Popen[bytes]:
     with log.open("wb") as stderr:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -136,13 +136,13 @@ def start_ingress(stack: contextlib.ExitStack, system: System, cpus: set[int]
                   ) -> tuple[str, subprocess.Popen[bytes]]:
     """`payhooks ingress` on a free port; its URL once healthy, and its process."""
     port, log = free_port(), system.bench.directory / "ingress.log"
-    process = _spawn(stack, [sys.executable, "-m", "shared.cli", "ingress", "--config",
+    process = spawn(stack, [sys.executable, "-m", "shared.cli", "ingress", "--config",
                              str(system.bench.config), "--host", "127.0.0.1", "--port",
                              str(port)], cpus, log)
     url = f"http://127.0.0.1:{port}"
-    worker_bench._wait(
+    worker_bench.wait(
         lambda: process.poll() is None and answers(f"{url}/healthz"), 30,
-        lambda: f"the ingress did not start:\n{worker_bench._tail(log)}")
+        lambda: f"the ingress did not start:\n{worker_bench.tail(log)}")
     return url, process
 
 
@@ -151,20 +151,20 @@ def start_workers(stack: contextlib.ExitStack, system: System, count: int, cpus:
     """`count` processes of `payhooks worker`, once each has registered with Redis."""
     client, directory = system.bench.redis, system.bench.directory
     before = client.scard("rq:workers")
-    processes = [_spawn(stack, [sys.executable, "-m", "shared.cli", "worker", "--config",
+    processes = [spawn(stack, [sys.executable, "-m", "shared.cli", "worker", "--config",
                                 str(system.bench.config)], cpus, directory / f"worker-{n}.log")
                  for n in range(count)]
-    worker_bench._wait(
+    worker_bench.wait(
         lambda: client.scard("rq:workers") >= before + count, 60,
         lambda: f"{count} workers did not start:\n"
-                f"{worker_bench._tail(directory / 'worker-0.log')}")
+                f"{worker_bench.tail(directory / 'worker-0.log')}")
     return processes
 
 
 def callbacks(system: System, mix: Mapping[str, int], count: int) -> Keyed:
     """Fresh callbacks of the mix, their payments registered with the simulators."""
-    # _outgoing(n) builds a callback of PROVIDERS[n % 4]: n picks the provider, and stays unique
-    return [worker_bench._outgoing(system.bench.admin,
+    # outgoing(n) builds a callback of PROVIDERS[n % 4]: n picks the provider, and stays unique
+    return [worker_bench.outgoing(system.bench.admin,
                                    next(system.serial) * len(PROVIDERS) + PROVIDERS.index(p))
             for p in interleave(mix, count)]
 
@@ -210,16 +210,16 @@ def _measure(keyed: Keyed, acks: Mapping[Key, float], arrivals: Sequence[tuple[K
 def through_ingress(system: System, url: str, keyed: Keyed, rate: float) -> Run:
     """Send these callbacks open-loop at `rate` and wait for their events."""
     seen = len(system.endpoint.received)
-    acks, sent_rate = asyncio.run(worker_bench._send(url, keyed, rate))
+    acks, sent_rate = asyncio.run(worker_bench.send(url, keyed, rate))
     return _measure(keyed, acks, _arrivals(system, keyed, seen), sent_rate)
 
 
 def stored(system: System, keyed: Keyed) -> Run:
     """Store these callbacks in one batch, as the ingress would, and wait for their events;
     latencies count from the store."""
-    jobs = worker_bench._stored(system.bench, keyed)
+    jobs = worker_bench.stored_jobs(system.bench, keyed)
     seen, now = len(system.endpoint.received), time.time()
-    worker_bench._enqueue(system.bench, queues.callback_template(), jobs)
+    worker_bench.enqueue(system.bench, queues.callback_template(), jobs)
     return _measure(keyed, dict.fromkeys((key for key, _ in keyed), now),
                     _arrivals(system, keyed, seen), float("inf"))
 

@@ -6,7 +6,7 @@ waits `timeout_seconds` (30 s unless changed) so the client times out, with
 `error_rate` answers as the provider's front end would when failing: Netaxept's IIS with
 HTTP 500, the others with 503 (PayEx as problem+json), and with `drip_rate` sends the
 real answer's status and headers at once, then its body a byte every `drip_interval`
-seconds (shared/simulators/drip.py), which only a deadline on the whole request cuts off.
+seconds (shared/sandbox/simulators/drip.py), which only a deadline on the whole request cuts off.
 Admin requests (`/_sim/`) are neither counted nor faulted. With no faults configured
 nothing waits.
 """
@@ -18,8 +18,8 @@ import asyncio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from shared.simulators.drip import drip
-from shared.simulators.state import STATE, State, guid
+from shared.sandbox.simulators.drip import drip
+from shared.sandbox.simulators.state import STATE, State, guid
 
 _PREFIXES = (
     ("/netaxept/", "netaxept"),

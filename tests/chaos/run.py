@@ -1,7 +1,7 @@
 """`payhooks chaos`: the real system under faults, then an account of every callback.
 
 What runs, all on 127.0.0.1: a Redis of our own with AOF (`appendfsync always` unless
-`--appendfsync` says otherwise), the provider simulators (`python -m shared.simulators`),
+`--appendfsync` says otherwise), the provider simulators (`python -m shared.sandbox.simulators`),
 `payhooks ingress` and W `payhooks worker` processes; in this process, a merchant endpoint
 that checks each event's Standard Webhooks signature, the sender, and the faults.
 
@@ -71,12 +71,12 @@ from standardwebhooks import Webhook
 from yarl import URL
 
 from shared.keys import attempts_key, delivery_key
-from shared.processes import answers, clean_env, stop, wait_until
-from shared.redis_server import RedisServer, free_port
-from shared.simulators import callbacks as build
-from shared.simulators.callbacks import OutgoingCallback
-from shared.simulators.client import SimulatorClient
-from shared.simulators.merchant import Answer, MerchantEndpoint
+from shared.sandbox.processes import answers, clean_env, stop, wait_until
+from shared.sandbox.redis_server import RedisServer, free_port
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.callbacks import OutgoingCallback
+from shared.sandbox.simulators.client import SimulatorClient
+from shared.sandbox.simulators.merchant import Answer, MerchantEndpoint
 
 MERCHANT, NETAXEPT_ID = "chaos", "12002835"
 EVENTS = {"netaxept": 2, "payex": 1, "ixopay": 1, "ifthenpay": 1}  # events per callback
@@ -127,7 +127,7 @@ base_url = "{sims}"
 callback_username = "{netaxept_user}"
 callback_password = "{netaxept_password}"
 """
-_PROJECT = Path(__file__).resolve().parent.parent
+_PROJECT = Path(__file__).resolve().parents[2]
 Key = tuple[str, str]  # provider, payment id
 Fact = tuple[str, str, str]  # provider, payment id, event type
 
@@ -316,7 +316,7 @@ def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     server = stack.enter_context(RedisServer(appendonly=True, appendfsync=plan.appendfsync))
     sims_port = free_port()
     with (directory / "simulators.log").open("wb") as out:
-        sims = subprocess.Popen([sys.executable, "-m", "shared.simulators", "--port",
+        sims = subprocess.Popen([sys.executable, "-m", "shared.sandbox.simulators", "--port",
                                  str(sims_port)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=_PROJECT, env=clean_env())
     stack.callback(stop, sims)
@@ -739,7 +739,7 @@ def _exit(signum: int, frame: object) -> None:
 
 def run(plan: Plan, say: Callable[[str], None] = print) -> int:
     """Run the chaos test and print its counts; 0 when every count is as it must be."""
-    rng = random.Random(plan.seed)  # noqa: S311 - picks moments and victims, not keys
+    rng = random.Random(plan.seed)
     signal.signal(signal.SIGTERM, _exit)  # stop everything started, as Ctrl-C does
     tally, begin = Tally(), time.monotonic()
     try:

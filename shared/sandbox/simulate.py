@@ -12,11 +12,11 @@ import secrets
 import uuid
 from typing import Any
 
-from shared.dev import DEMO_SECRETS
+from shared.sandbox.dev import DEMO_SECRETS
+from shared.sandbox.simulators import callbacks as build
+from shared.sandbox.simulators.callbacks import OutgoingCallback
+from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings
-from shared.simulators import callbacks as build
-from shared.simulators.callbacks import OutgoingCallback
-from shared.simulators.client import SimulatorClient
 
 _IXOPAY = {"captured": ("DEBIT", "OK"), "authorized": ("PREAUTHORIZE", "OK"),
            "pending": ("DEBIT", "PENDING"), "failed": ("DEBIT", "ERROR"),

@@ -2,14 +2,14 @@
 
 What is measured, each part reusing a benchmark of its own:
 
-- ingress (ingress/bench.py's servers and wrk runner): wrk cycles 1,000 distinct valid
+- ingress (tests/bench/ingress.py's servers and wrk runner): wrk cycles 1,000 distinct valid
   callbacks of the mix through the real ingress (Redis with AOF, `appendfsync everysec`, as
   in compose.yaml) and, in the same round, through a bare aiohttp handler answering `OK`.
   Acknowledged callbacks/s, wrk's p50/p99 latency and the ratio to the bare handler, the
   median of the rounds' ratios.
 - durability: in the same rounds, IXOPAY callbacks through a second ingress whose Redis
   runs `appendfsync always`, next to IXOPAY through the first (`everysec`).
-- pipeline, scaling and memory (workers/bench_pipeline.py): the ingress, `payhooks worker`
+- pipeline, scaling and memory (tests/bench/pipeline.py): the ingress, `payhooks worker`
   processes, the provider simulators and a merchant endpoint; an open-loop load generator
   sends the mix. Capacity from acknowledgement to the merchant's receipt, end-to-end
   latency at shares of it, throughput by number of workers with the providers answering in
@@ -40,11 +40,11 @@ from pathlib import Path
 import httpx
 import redis
 
-from ingress import bench as ingress_bench
-from ingress.bench import BUILDERS, REQUESTS_PER_PROVIDER, BenchError, Setup, WrkResult
-from shared import bench_report
-from workers import bench_pipeline
-from workers.bench_pipeline import interleave
+from tests.bench import ingress as ingress_bench
+from tests.bench import pipeline as bench_pipeline
+from tests.bench import report as bench_report
+from tests.bench.ingress import BUILDERS, REQUESTS_PER_PROVIDER, BenchError, Setup, WrkResult
+from tests.bench.pipeline import interleave
 
 DEFAULT_MIX = {"ixopay": 25, "ifthenpay": 25, "netaxept": 25, "payex": 25}
 
@@ -165,8 +165,8 @@ def measure_ingress(options: Options, cpus: tuple[int, int], log: Callable[[str]
     runs: dict[str, list[WrkResult]] = {}
     problems: list[str] = []
     with contextlib.ExitStack() as stack:
-        everysec = ingress_bench._start(stack, argv, cpus, "everysec")
-        targets = _targets(everysec, ingress_bench._start(stack, argv, cpus, "always"), options.mix)
+        everysec = ingress_bench.start(stack, argv, cpus, "everysec")
+        targets = _targets(everysec, ingress_bench.start(stack, argv, cpus, "always"), options.mix)
         for _, setup, url, requests in targets:
             ingress_bench.run_wrk(setup, url, requests, options.warmup)
         for number in range(1, options.rounds + 1):

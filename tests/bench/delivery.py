@@ -36,13 +36,13 @@ from pathlib import Path
 import orjson
 import redis
 
-from ingress.bench import BenchError
 from shared.keys import attempts_key, delivery_key
 from shared.models import Callback, EventType, Fact
-from shared.redis_server import RedisServer
+from shared.sandbox.redis_server import RedisServer
+from shared.sandbox.simulators.merchant import Answer, MerchantEndpoint
 from shared.settings import Settings, load_settings
-from shared.simulators.merchant import Answer, MerchantEndpoint
-from workers.bench import _epoch, _spawn, _wait
+from tests.bench.ingress import BenchError
+from tests.bench.worker import epoch, spawn, wait
 from workers.events import delivery_job_id, record
 
 CONFIG = """\
@@ -105,16 +105,16 @@ def _phase(client: redis.Redis, config: Path, directory: Path, count: int,
             others.append(_record(client, settings, other, n))
     with contextlib.ExitStack() as stack:
         for index in range(WORKERS):
-            _spawn(stack, [sys.executable, "-m", "workers.bench", "--worker", str(config),
+            spawn(stack, [sys.executable, "-m", "tests.bench.worker", "--worker", str(config),
                            "deliveries"], 0, directory / f"worker-{index}.log")
-        _wait(lambda: _finished(client, fast) == len(fast), 600,
+        wait(lambda: _finished(client, fast) == len(fast), 600,
               "the fast deliveries did not finish")
     pipe = client.pipeline(transaction=False)
     for job_id in fast:
         pipe.hmget(f"rq:job:{job_id}", ["started_at", "ended_at"])
     stamps = pipe.execute()
-    first = min(_epoch(started) for started, _ in stamps)
-    last = max(_epoch(ended) for _, ended in stamps)
+    first = min(epoch(started) for started, _ in stamps)
+    last = max(epoch(ended) for _, ended in stamps)
     return _ended(client, others, Phase(count / (last - first)))
 
 

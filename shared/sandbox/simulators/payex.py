@@ -12,7 +12,7 @@ answer is 401, with an unknown one 403; an unknown id is 404. Errors are RFC 780
 (§2.1, `_includes/problems/problems.md`). Every `id` is a relative path; ids are GUIDs.
 `?$expand=transactions` inlines the list. The remaining amounts are left out when nothing
 remains, which is what the official plugins take as "fully captured/reversed" (§2.4, §2.9).
-Payment orders live in `shared.simulators.paymentorders`.
+Payment orders live in `shared.sandbox.simulators.paymentorders`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.simulators.fields import BadRequest, Fields
-from shared.simulators.state import STATE, PayexPayment, PayexTransaction, State, guid
+from shared.sandbox.simulators.fields import BadRequest, Fields
+from shared.sandbox.simulators.state import STATE, PayexPayment, PayexTransaction, State, guid
 
 # collection path segment -> (singular name, transaction type)
 KINDS = {

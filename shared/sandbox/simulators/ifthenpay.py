@@ -22,8 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.simulators.fields import BadRequest, Fields
-from shared.simulators.state import STATE, IfthenpayPayment, State
+from shared.sandbox.simulators.fields import BadRequest, Fields
+from shared.sandbox.simulators.state import STATE, IfthenpayPayment, State
 
 DATE_FORMAT = "%d-%m-%Y %H:%M:%S"
 LIMIT = 1000

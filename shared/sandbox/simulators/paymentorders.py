@@ -9,7 +9,7 @@ captures and reversals show only in the remaining amounts and the financial tran
 The top-level key of sub-resources is `paymentOrder` (the docs also write `paymentorder`).
 Payment-order answers carry `Content-Type: application/json; charset=utf-8; version=3.1`
 and `api-supported-versions: 3.1`, like the portal's example. Authentication and problems
-are those of `shared.simulators.payex`.
+are those of `shared.sandbox.simulators.payex`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.simulators.fields import Fields
-from shared.simulators.payex import (
+from shared.sandbox.simulators.fields import Fields
+from shared.sandbox.simulators.payex import (
     expansions,
     iso,
     one_of,
@@ -29,7 +29,7 @@ from shared.simulators.payex import (
     refuse,
     remaining_amounts,
 )
-from shared.simulators.state import (
+from shared.sandbox.simulators.state import (
     STATE,
     PayexFinancialTransaction,
     PayexPaid,
