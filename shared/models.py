@@ -46,7 +46,7 @@ def callback_json(
     body: bytes, source: str, received_at: datetime, reference: str,
 ) -> bytes:
     """`Callback(...).model_dump_json()`, byte for byte, at a fifth of the cost: the ingress
-    builds one per request from values it has already checked (tests/test_models.py)."""
+    builds one per request from values it has already checked (tests/shared/test_models.py)."""
     return orjson.dumps(
         {"id": id, "merchant": merchant, "provider": provider, "method": method, "uri": uri,
          "headers": headers, "body": base64.urlsafe_b64encode(body).decode(),

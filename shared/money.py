@@ -12,6 +12,9 @@ _EXPONENTS = {
 }
 
 
+MAX_DIGITS = 18  # digits before the point: no payment is worth 10^19 of a currency's unit
+
+
 def exponent(currency: str | None) -> int:
     return _EXPONENTS.get((currency or "").upper(), 2)
 
@@ -22,6 +25,9 @@ def to_minor(amount: str | int | float | Decimal, currency: str | None) -> int:
         value = Decimal(str(amount))
     except InvalidOperation:
         raise ValueError(f"not an amount: {amount!r}") from None
+    if value.is_finite() and value.adjusted() > MAX_DIGITS:
+        # "1e400000" would cost seconds of CPU to scale and write, for each try of the job
+        raise ValueError(f"not an amount: over {MAX_DIGITS} digits: {str(amount)[:20]!r}")
     minor = value.scaleb(exponent(currency))
     if not value.is_finite() or minor != minor.to_integral_value() or value < 0:
         raise ValueError(f"not an exact amount in {currency}: {amount!r}")

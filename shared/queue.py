@@ -11,7 +11,7 @@ building each job, which caps an aiohttp process near 2,000 callbacks/s. Instead
 differ. A batch of jobs is written by one Lua script (`ENQUEUE_SCRIPT`) that does what
 `Queue.enqueue` does for each: SADD rq:queues, HSET rq:job:<id> with the template's fields,
 RPUSH rq:queue:<name>. One command and one reply per batch instead of ~40 arguments and two
-replies per job, and the batch is stored all or nothing. tests/test_queue.py checks the
+replies per job, and the batch is stored all or nothing. tests/shared/test_queue.py checks the
 jobs field by field against one RQ enqueued itself, and runs one on a real RQ worker.
 (The script touches keys it is not passed as KEYS, which Redis Cluster forbids; RQ does
 not run on Cluster either.)

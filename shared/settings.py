@@ -67,7 +67,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _ProviderSection(_Section):
+class ProviderSection(_Section):
     allowed_ips: tuple[Network, ...] = ()
     # Follow-up queries a minute for this merchant and provider, across all workers: a flood
     # of forged callbacks (Netaxept's and PayEx's carry no proof) cannot spend the merchant's
@@ -79,7 +79,7 @@ class _ProviderSection(_Section):
     max_follow_ups_in_flight: int = Field(default=4, ge=1)
 
 
-class IxopaySettings(_ProviderSection):
+class IxopaySettings(ProviderSection):
     shared_secret: SecretStr
     api_key: str | None = None  # needed only for legacy XML callbacks and the status API
     username: str | None = None
@@ -121,7 +121,7 @@ IfthenpayPlugin = Literal["webdados", "magento2", "whmcs", "prestashop", "presta
                           "memberpress"]
 
 
-class IfthenpaySettings(_ProviderSection):
+class IfthenpaySettings(ProviderSection):
     # One key per ifthenpay account (entity, MB WAY key, ...); a list when a shop has several.
     anti_phishing_key: Annotated[
         tuple[SecretStr, ...], BeforeValidator(_key_list), Field(min_length=1)
@@ -157,7 +157,7 @@ class IfthenpaySettings(_ProviderSection):
         return keys
 
 
-class NetaxeptSettings(_ProviderSection):
+class NetaxeptSettings(ProviderSection):
     merchant_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
     token: SecretStr
     base_url: AnyHttpUrl = AnyHttpUrl("https://epayment.nets.eu")
@@ -171,7 +171,7 @@ class NetaxeptSettings(_ProviderSection):
         return self
 
 
-class PayexSettings(_ProviderSection):
+class PayexSettings(ProviderSection):
     token: SecretStr
     base_url: AnyHttpUrl = AnyHttpUrl("https://api.payex.com")
 
@@ -192,7 +192,7 @@ class HookSettings(_Section):
 
 
 # the fields of MerchantSettings that are provider sections; shared.providers.PROVIDERS
-# has the same names (tests/test_settings.py holds them together)
+# has the same names (tests/shared/test_settings.py holds them together)
 PROVIDER_SECTIONS = ("ixopay", "ifthenpay", "netaxept", "payex")
 
 
@@ -211,10 +211,10 @@ class MerchantSettings(_Section):
             raise ValueError("hook ids must be unique within a merchant")
         return hooks
 
-    def providers(self) -> dict[str, _ProviderSection]:
+    def providers(self) -> dict[str, ProviderSection]:
         """The configured provider sections by provider name."""
         return {name: section for name in PROVIDER_SECTIONS
-                if isinstance(section := getattr(self, name), _ProviderSection)}
+                if isinstance(section := getattr(self, name), ProviderSection)}
 
 
 class IngressSettings(_Section):

@@ -195,7 +195,8 @@ WATCH = SecretWatch(SECRETS)
 
 def pytest_configure(config: pytest.Config) -> None:
     """Log as the product does, with every line going past the watch."""
-    configure_logging(LoggingSettings(level="info", format="json"))
+    # not cached: structlog's capture_logs must see every logger, whenever it was first used
+    configure_logging(LoggingSettings(level="info", format="json"), cache=False)
     _watch_logging()
 
 

@@ -32,13 +32,14 @@ from rq.serializers import JSONSerializer
 from shared.models import Callback
 from shared.providers import ixopay
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, DELIVERIES, PROCESS_CALLBACK
-from shared.sandbox import dev
+from shared.sandbox import dev, processes
 from shared.sandbox.simulators import callbacks as build
 from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings, settings_from_dict
 from workers import worker as worker_main
 from workers.runtime import Runtime
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 IXOPAY_SECRET = "ixopay-shared-secret-for-tests"
 IXOPAY_API_KEY = "api-key-for-tests"
 IFTHENPAY_KEY = "anti-phishing-key-for-tests"
@@ -233,7 +234,7 @@ def to_toml(table: dict[str, Any], prefix: str = "") -> str:
 
 
 # Other merchant: its own secrets, for callbacks that name another merchant's payment
-# (tests/test_abuse.py). Its Netaxept merchant id and PayEx token are its own too.
+# (tests/system/test_abuse.py). Its Netaxept merchant id and PayEx token are its own too.
 OTHER_SHOP: dict[str, Any] = {
     "ixopay": {"shared_secret": "other-shop-ixopay-secret"},
     "ifthenpay": {"anti_phishing_key": "other-shop-anti-phishing-key"},
@@ -457,11 +458,9 @@ def slow_job(seconds: float) -> None:
 
 def wait_until(condition: Callable[[], bool], seconds: float,
                what: str | Callable[[], str]) -> None:
-    """Wait for `condition`, at most `seconds`; else fail saying `what` (or what it gives)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what if isinstance(what, str) else what()
-        time.sleep(0.05)
+    """Wait for `condition`, at most `seconds`; else fail saying `what` (or what it gives):
+    the sandbox's and the tools' own wait, failing as a test does."""
+    processes.wait_until(condition, seconds, what, AssertionError)
 
 
 def http_answers(url: str) -> bool:

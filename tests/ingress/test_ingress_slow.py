@@ -17,7 +17,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -25,7 +24,7 @@ import redis
 
 from shared.sandbox.processes import stop
 from shared.sandbox.redis_server import free_port
-from tests.helpers import MERCHANT_CONFIG, queued_callbacks, to_toml, wait_until_healthy
+from tests.helpers import MERCHANT_CONFIG, ROOT, queued_callbacks, to_toml, wait_until_healthy
 
 READ_TIMEOUT = 1.0
 NETAXEPT = "/callbacks/open-shop/netaxept"  # no credentials: a whole body would be stored
@@ -47,7 +46,7 @@ def ingress(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         process = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "ingress", "--config", str(config), "--host",
              "127.0.0.1", "--port", str(port)],
-            stdout=output, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
+            stdout=output, stderr=subprocess.STDOUT, cwd=ROOT,
             env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url})
     try:
         wait_until_healthy(port, process, log)

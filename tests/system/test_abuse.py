@@ -19,9 +19,9 @@ The module ends with one line of figures:
 Covered elsewhere, not repeated here: each provider's forged, tampered and unsigned input
 at the unit level (tests/providers/); the follow-up cap that keeps a flood of forged
 Netaxept or PayEx callbacks from spending a merchant's API quota
-(`max_follow_ups_per_minute`, tests/test_tasks.py::
+(`max_follow_ups_per_minute`, tests/workers/test_tasks.py::
 test_a_flood_of_callbacks_cannot_spend_the_merchants_api_quota); a hook at 127.0.0.1
-refused (tests/test_delivery.py::test_private_addresses_are_refused_unless_allowed).
+refused (tests/workers/test_delivery.py::test_private_addresses_are_refused_unless_allowed).
 Secrets in logs and in Redis are searched after every test of the suite (tests/conftest.py).
 """
 

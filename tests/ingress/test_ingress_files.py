@@ -26,7 +26,14 @@ import pytest
 from ingress.connections import RESERVED_FILES
 from shared.sandbox.processes import stop
 from shared.sandbox.redis_server import free_port
-from tests.helpers import MERCHANT_CONFIG, ixopay_body, ixopay_headers, to_toml, wait_until_healthy
+from tests.helpers import (
+    MERCHANT_CONFIG,
+    ROOT,
+    ixopay_body,
+    ixopay_headers,
+    to_toml,
+    wait_until_healthy,
+)
 
 SOFT = 256
 
@@ -49,7 +56,7 @@ def ingress(redis_url: str, tmp_path: Path, limits: Callable[[], None] | None = 
         process = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "ingress", "--config", str(config), "--host",
              "127.0.0.1", "--port", str(port)], stdout=output, stderr=subprocess.STDOUT,
-            cwd=Path(__file__).parents[1], env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url},
+            cwd=ROOT, env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url},
             preexec_fn=limits)
     try:
         wait_until_healthy(port, process, log)

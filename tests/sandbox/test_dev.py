@@ -16,13 +16,13 @@ import pytest
 
 from shared.sandbox.redis_server import free_port
 from shared.sandbox.simulate import simulate
-from tests.helpers import secrets_in, wait_until
+from tests.helpers import ROOT, secrets_in, wait_until
 
 
 def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
         tmp_path: Path, redis_url: str) -> None:
     ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard")}
-    project = Path(__file__).resolve().parent.parent
+    project = ROOT
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["ingress"]),
          "--simulators-port", str(ports["simulators"]), "--merchant-port",

@@ -29,6 +29,7 @@ from rq.serializers import JSONSerializer
 import workers.worker as worker_main
 from shared.sandbox.redis_server import RedisServer
 from tests.helpers import (
+    ROOT,
     RUNS,
     enqueue,
     faketime_binary,
@@ -236,7 +237,7 @@ def test_a_worker_whose_clock_is_ahead_takes_no_running_job_for_abandoned(
         wait_until(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
         skewed = subprocess.Popen(
             [faketime, "-f", "+30s", sys.executable, "-c", SKEWED_WORKER, server.url],
-            cwd=Path(__file__).parents[1], stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
         try:
             wait_until(lambda: client.scard("rq:workers") == 2, 20,

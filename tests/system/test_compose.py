@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
+ROOT = ROOT
 
 
 def compose() -> dict[str, Any]:

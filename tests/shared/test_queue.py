@@ -74,7 +74,7 @@ def test_a_batch_is_written_in_order_with_one_script_call(redis_client: redis.Re
 
 def test_a_real_worker_runs_a_template_job(redis_client: redis.Redis) -> None:
     SEEN.clear()
-    template = JobTemplate(CALLBACKS, "tests.test_queue.record", CALLBACK_JOB_OPTIONS)
+    template = JobTemplate(CALLBACKS, "tests.shared.test_queue.record", CALLBACK_JOB_OPTIONS)
     write(redis_client, template, "cb_run_me", {"id": "cb_run_me", "body": "AAEC"})
     queue = Queue(CALLBACKS, connection=redis_client, serializer=JSONSerializer)
     worker = SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer)

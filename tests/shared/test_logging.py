@@ -22,13 +22,14 @@ def fail_holding_a_secret() -> None:
 def test_logged_tracebacks_leave_out_local_variables(
     format: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    configure_logging(LoggingSettings(level="info", format=format))  # type: ignore[arg-type]
+    configure_logging(LoggingSettings(level="info", format=format),  # type: ignore[arg-type]
+                      cache=False)
     try:
         fail_holding_a_secret()
     except RuntimeError:
         structlog.get_logger("test").exception("job.failed")
     finally:
-        configure_logging(LoggingSettings(level="info", format="json"))
+        configure_logging(LoggingSettings(level="info", format="json"), cache=False)
     out = capsys.readouterr().out
     assert "fail_holding_a_secret" in out  # the traceback is there...
     assert SECRET not in out  # ...without the locals

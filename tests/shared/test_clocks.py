@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import redis
 
 from shared.settings import DeliverySettings
-from tests.helpers import faketime_binary, make_settings
+from tests.helpers import ROOT, faketime_binary, make_settings
 from workers.delivery import DEAD, dead_letter, note_failure
 
 AHEAD = """
@@ -39,7 +38,7 @@ delivery.dead_letter(client, "shop-eu", "orders", "evt_ahead", b"{}", 7, Deliver
 def run_ahead(shift: str, redis_url: str) -> str:
     done = subprocess.run(
         [faketime_binary(), "-f", shift, sys.executable, "-c", AHEAD, redis_url],
-        cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=60,
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}, check=True)
     return done.stdout.strip()
 

@@ -27,9 +27,9 @@ from shared.sandbox.simulators.client import SimulatorClient
 from shared.sandbox.simulators.merchant import MerchantEndpoint, Received
 from tests.chaos import run as chaos
 from tests.chaos.run import DRIP_HOOK, Outgoing, System, Tally
-from tests.helpers import secrets_in
+from tests.helpers import ROOT, secrets_in
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = ROOT
 
 
 def counts(output: str) -> dict[str, int]:

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -24,13 +23,13 @@ import redis
 from shared.sandbox.simulators import callbacks as build
 from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings
-from tests.helpers import NETAXEPT_PASSWORD, NETAXEPT_USER, raw, stored_callback
+from tests.helpers import NETAXEPT_PASSWORD, NETAXEPT_USER, ROOT, raw, stored_callback
 from workers import runtime as runtimes
 from workers.listing import recent_events
 from workers.runtime import Runtime
 from workers.tasks import process_callback
 
-WORKERS = Path(__file__).resolve().parent.parent / "workers"
+WORKERS = ROOT / "workers"
 TRACED = {str(WORKERS / "tasks.py"), str(WORKERS / "events.py")}
 Tracer = Callable[[FrameType, str, Any], Any]
 
