@@ -51,6 +51,12 @@ def dead_letter_member(merchant: str, event: str, hook: str) -> str:
     return f"{merchant}|{event}|{hook}"
 
 
+def dead_letter_parts(member: str) -> tuple[str, str, str] | None:
+    """`(merchant, event, hook)` of a member of DEAD_LETTERS; None for anything else."""
+    parts = member.split("|")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+
 # Hooks: a hash of each hook's health (`failures` in a row, `trips`, `paused_until` by
 # Redis's clock), the lock of the one attempt made to a failing hook, its places in flight
 def hook_key(merchant: str, hook: str) -> str:

@@ -199,9 +199,12 @@ def faketime_binary() -> str:
     return found
 
 
-def run_callback_job(client: redis.Redis, callback: dict[str, Any]) -> tuple[Job, datetime]:
+def run_callback_job(client: redis.Redis, callback: dict[str, Any]
+                     ) -> tuple[Job, datetime, datetime]:
     """Enqueue the callback as the ingress does (its job options) and have a real RQ worker
-    run it once; the job afterwards, and when the worker was done."""
+    run it once; the job afterwards, and when the worker started and was done (whatever
+    the job scheduled, it scheduled between the two)."""
+    started = datetime.now(UTC)
     queue = Queue(CALLBACKS, connection=client, serializer=JSONSerializer)
     job = queue.enqueue(PROCESS_CALLBACK, callback, job_timeout=60,
                         retry=CALLBACK_JOB_OPTIONS["retry"])
@@ -209,7 +212,7 @@ def run_callback_job(client: redis.Redis, callback: dict[str, Any]) -> tuple[Job
         burst=True, with_scheduler=False)
     finished = datetime.now(UTC)
     job.refresh()
-    return job, finished
+    return job, started, finished
 
 
 def seconds_until_due(client: redis.Redis, job: Job, since: datetime) -> float:

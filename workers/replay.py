@@ -23,7 +23,7 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from shared.keys import DEAD_LETTERS as DEAD
-from shared.keys import delivery_key
+from shared.keys import dead_letter_member, dead_letter_parts, delivery_key
 from shared.models import DeliveryState
 from shared.queue import DELIVERIES
 from shared.settings import Settings
@@ -39,7 +39,7 @@ class DeadLetter:
 
     @property
     def member(self) -> str:
-        return f"{self.merchant}|{self.event}|{self.hook}"
+        return dead_letter_member(self.merchant, self.event, self.hook)
 
 
 def dead_letters(redis: Redis, *, event: str | None = None, hook: str | None = None,
@@ -50,10 +50,10 @@ def dead_letters(redis: Redis, *, event: str | None = None, hook: str | None = N
     entries: list[tuple[bytes, float]] = redis.zrangebyscore(  # type: ignore[assignment]
         DEAD, since or "-inf", until or "+inf", withscores=True)
     for raw, score in entries:
-        member = raw.decode()
-        if member.count("|") != 2:
+        parts = dead_letter_parts(raw.decode())
+        if parts is None:
             continue
-        merchant_id, event_id, hook_id = member.split("|", 2)
+        merchant_id, event_id, hook_id = parts
         letter = DeadLetter(merchant_id, event_id, hook_id, died_at=float(score))
         if (event in (None, letter.event) and hook in (None, letter.hook)
                 and merchant in (None, letter.merchant)):
