@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         help="config file (default: $PAYHOOKS_CONFIG, else ./payhooks.toml)",
     )
     parser = argparse.ArgumentParser(prog="payhooks", description=__doc__, parents=[config])
+    parser.add_argument("--version", action="version", version=f"payhooks {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ingress = commands.add_parser("ingress", parents=[config], help="serve the callback routes")
@@ -164,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep the processes' logs (kept anyway when a count is off)")
     chaos.set_defaults(run=_chaos)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("payhooks")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -9,13 +9,14 @@ pydantic's own messages are rebuilt without the offending input.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AnyHttpUrl,
@@ -31,6 +32,7 @@ from pydantic import (
 )
 
 from shared.errors import ConfigError
+from shared.models import EventType
 
 DEFAULT_PATH = "payhooks.toml"
 _ID_PATTERN = r"^[a-z0-9-]{1,64}$"
@@ -182,6 +184,17 @@ class HookSettings(_Section):
     secret: Annotated[tuple[SecretStr, ...], BeforeValidator(_key_list), Field(min_length=1)]
     events: tuple[str, ...] = ("*",)
 
+    @field_validator("events")
+    @classmethod
+    def _matches_an_event_type(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        """A filter that can match no event type would take nothing, silently."""
+        types = [event_type.value for event_type in EventType]
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in types):
+                raise ValueError(f"{pattern!r} matches no event type; the types are "
+                                 f"{', '.join(types)} (or patterns such as 'payment.*')")
+        return patterns
+
     @field_validator("secret")
     @classmethod
     def _standard_webhooks_secret(cls, secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
@@ -281,41 +294,120 @@ def settings_from_dict(
 ) -> Settings:
     """Validate an already-parsed config, as load_settings does after reading the file."""
     environ = os.environ if environ is None else environ
-    expanded = _expand(raw, environ, (), source)
+    unset: dict[tuple[str | int, ...], str] = {}  # every missing variable, reported at once
+    expanded = _expand(raw, environ, (), unset)
     if environ.get("PAYHOOKS_REDIS_URL"):
         expanded["redis_url"] = environ["PAYHOOKS_REDIS_URL"]
+    problems = [f"{source}: {_dotted(key)}: environment variable {name} is not set"
+                for key, name in unset.items()]
     try:
-        return Settings.model_validate(expanded)
+        settings = Settings.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        # a key whose variable is unset holds the "${NAME}" text: its own errors say nothing
+        problems += [line for location, line in _describe(exc, source)
+                     if location not in unset]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
 
 
-def _expand(value: Any, environ: Mapping[str, str], key: tuple[str | int, ...], source: str) -> Any:
+def _expand(value: Any, environ: Mapping[str, str], key: tuple[str | int, ...],
+            unset: dict[tuple[str | int, ...], str]) -> Any:
     if isinstance(value, dict):
-        return {k: _expand(v, environ, (*key, k), source) for k, v in value.items()}
+        return {k: _expand(v, environ, (*key, k), unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, environ, (*key, i), source) for i, v in enumerate(value)]
+        return [_expand(v, environ, (*key, i), unset) for i, v in enumerate(value)]
     if isinstance(value, str) and (match := _ENV_REF.match(value)):
         name = match.group(1)
         if name not in environ:
-            raise ConfigError(
-                f"{source}: {_dotted(key)}: environment variable {name} is not set"
-            )
+            unset[key] = name
+            return value  # validated all the same, so that every other problem shows too
         return environ[name]
     return value
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _describe(exc: ValidationError, source: str) -> list[tuple[tuple[str | int, ...], str]]:
+    """Each error's location and its line, in plain words: never pydantic's phrases, never
+    the offending input (it may be a secret)."""
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
-        location = _dotted(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "required key is missing"
-        elif error["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"{source}: {location}: {message}")
-    return "\n".join(lines)
+        location = tuple(part for part in error["loc"] if not _is_union_tag(part))
+        lines.append((location, f"{source}: {_dotted(location)}: {_plain(error, location)}"))
+    return lines
+
+
+def _is_union_tag(part: str | int) -> bool:
+    """pydantic names the member of a union it tried (`function-after[...]`, `str`)."""
+    return isinstance(part, str) and part != "[key]" and (
+        "[" in part or part in ("str", "int", "float"))
+
+
+_PLAIN_TYPES = {
+    "url_parsing": "not a URL: expected http://host/... or https://host/...",
+    "url_scheme": "not a URL: expected http://host/... or https://host/...",
+    "url_type": "not a URL: expected a string such as https://host/...",
+    "string_type": "expected a string",
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "too_short": "expected at least one",
+}
+
+
+def _plain(error: Any, location: tuple[str | int, ...]) -> str:
+    kind, context = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        valid = _keys_at(location[:-1])
+        return "unknown key" + (f"; the keys here are: {', '.join(valid)}" if valid else "")
+    if kind == "string_pattern_mismatch":
+        if context.get("pattern") == _ID_PATTERN:
+            return "an id may hold only a-z, 0-9 and '-', 1 to 64 characters"
+        if location == ("redis_url",):
+            return "expected a URL that starts with redis://, rediss:// or unix://"
+        return "not of the expected form"
+    if kind == "literal_error":
+        return f"expected one of {context.get('expected', '')}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return str(error["msg"]).lower().replace("input should be", "expected a value")
+    if kind in _PLAIN_TYPES:
+        return _PLAIN_TYPES[kind]
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _keys_at(location: tuple[str | int, ...]) -> list[str]:
+    """The keys the section at `location` takes, for a misspelt one."""
+    model: type[BaseModel] = Settings
+    in_table = False  # the part before was a table of sections by name (merchants)
+    for part in location:
+        if isinstance(part, int):
+            continue  # an element of a list: the list's model
+        if in_table:
+            in_table = False
+            continue  # a merchant's id
+        field = model.model_fields.get(part)
+        found = _model_in(field.annotation) if field is not None else None
+        if field is None or found is None:
+            return []
+        in_table, model = get_origin(field.annotation) is dict, found
+    return [] if in_table else sorted(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model a field holds (directly, optionally, in a tuple or a dict)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _dotted(location: tuple[str | int, ...]) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.errors import ConfigError
-from shared.settings import load_settings, parse_duration
+from shared.settings import load_settings, parse_duration, settings_from_dict
 
 GOOD = """
 redis_url = "redis://localhost:6379/0"
@@ -178,3 +179,50 @@ def test_every_provider_has_a_merchant_section_of_its_name() -> None:
 
     assert tuple(PROVIDERS) == PROVIDER_SECTIONS
     assert set(PROVIDER_SECTIONS) <= set(MerchantSettings.model_fields)
+
+
+def test_every_problem_of_a_file_is_told_in_one_run() -> None:
+    """Unset variables and schema errors together, in plain words, each naming its key:
+    before, one unset variable per run, and the schema's errors only once all were set."""
+    raw = {"redis_url": "http://localhost", "logging": {"level": "loud"},
+           "merchants": {"shop-eu": {
+               "netaxept": {"merchant_id": "1", "token": "${NX_TOKEN}", "base_url": "/x"},
+               "payex": {"token": "${PX_TOKEN}"}}}}
+    with pytest.raises(ConfigError) as raised:
+        settings_from_dict(raw, environ={})
+    assert str(raised.value).splitlines() == [
+        "config: merchants.shop-eu.netaxept.token: environment variable NX_TOKEN is not set",
+        "config: merchants.shop-eu.payex.token: environment variable PX_TOKEN is not set",
+        "config: redis_url: expected a URL that starts with redis://, rediss:// or unix://",
+        "config: logging.level: expected one of 'debug', 'info', 'warning' or 'error'",
+        "config: merchants.shop-eu.netaxept.base_url: not a URL: expected http://host/... or "
+        "https://host/...",
+    ]
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"merchants": {"shop-eu": {"netaxcept": {}}}},
+     "merchants.shop-eu.netaxcept: unknown key; the keys here are: hooks, ifthenpay, ixopay, "
+     "netaxept, payex"),
+    ({"delivery": {"timout": "5s"}},
+     "delivery.timout: unknown key; the keys here are: allow_private_networks, history, "
+     "max_in_flight_per_hook, pause_after, retry_schedule, timeout"),
+    ({"merchants": {"Shop_EU": {}}},
+     "merchants.Shop_EU (the name): an id may hold only a-z, 0-9 and '-', 1 to 64 characters"),
+])
+def test_a_misspelt_key_is_told_with_the_keys_that_exist(raw: dict[str, Any],
+                                                         message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings_from_dict(raw, environ={})
+    assert str(raised.value) == f"config: {message}"
+
+
+@pytest.mark.parametrize("pattern", ["payments.*", "payment.capture", "captured", ""])
+def test_a_hook_filter_that_matches_no_event_type_is_refused(pattern: str) -> None:
+    hook = {"id": "orders", "url": "https://shop.example/hook", "events": [pattern],
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+    with pytest.raises(ConfigError, match=r"hooks\[0\]\.events: .* matches no event type"):
+        settings_from_dict({"merchants": {"shop-eu": {"hooks": [hook]}}}, environ={})
+    for fine in ("payment.*", "payment.captured", "*", "payment.charge*"):
+        settings_from_dict({"merchants": {"shop-eu": {"hooks": [{**hook, "events": [fine]}]}}},
+                           environ={})

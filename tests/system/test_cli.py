@@ -119,3 +119,14 @@ def test_the_ingress_process_serves_logs_without_secrets_and_stops_on_sigterm(
     assert redis.Redis.from_url(redis_url).llen("rq:queue:callbacks") == 3
 
 
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from shared.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"payhooks {version('payhooks')}"

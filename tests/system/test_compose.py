@@ -87,3 +87,13 @@ def test_the_image_runs_as_a_non_root_user_with_pinned_dependencies() -> None:
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
     assert "-c .ci/constraints.txt" in dockerfile
     assert "--no-index" in dockerfile  # the final stage installs only the pinned wheels
+
+
+def test_the_build_context_leaves_out_the_venv_history_secrets_and_tests() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", ".env", "tests", "payhooks.toml"} <= ignored
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for needed in ("pyproject.toml", "README.md", ".ci/constraints.txt", "ingress", "workers",
+                   "shared"):
+        assert needed in dockerfile and needed not in ignored  # what the image copies
