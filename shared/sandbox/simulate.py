@@ -9,8 +9,11 @@ the `demo` merchant's of `payhooks dev`, or the merchant's from `--config`.
 from __future__ import annotations
 
 import secrets
+import sys
 import uuid
 from typing import Any
+
+import httpx
 
 from shared.sandbox.dev import DEMO_SECRETS
 from shared.sandbox.simulators import callbacks as build
@@ -46,7 +49,16 @@ def simulate(provider: str, *, merchant: str = "demo", status: str = "captured",
     except KeyError:
         print(f"simulate: {provider} has no {status!r} callback")
         return 2
-    answer, body = build.send(ingress, callback)
+    except httpx.TransportError:  # Netaxept's and PayEx's payments live in the simulators
+        print(f"simulate: no provider simulators answer at {simulators}: start them with "
+              f"`payhooks dev`, or name where they run with --simulators URL", file=sys.stderr)
+        return 2
+    try:
+        answer, body = build.send(ingress, callback)
+    except httpx.TransportError:
+        print(f"simulate: no ingress answers at {ingress}: start one with `payhooks dev` (or "
+              f"`payhooks ingress`), or name where it runs with --ingress URL", file=sys.stderr)
+        return 2
     print(f"simulate: {provider} {status} callback for {merchant}: "
           f"{callback.method} {callback.path.partition('?')[0]} -> {answer} {body.strip()!r}")
     return 0 if 200 <= answer < 300 else 1

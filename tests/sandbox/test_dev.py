@@ -64,3 +64,17 @@ def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
 def wait_until_output(condition: Callable[[], bool], output: list[str],
                       timeout: float = 60.0) -> None:
     wait_until(condition, timeout, lambda: "timed out; output:\n" + "".join(output[-60:]))
+
+
+@pytest.mark.parametrize(("provider", "missing"), [("netaxept", "provider simulators"),
+                                                    ("ixopay", "ingress")])
+def test_simulate_with_nothing_listening_says_what_to_start(provider: str, missing: str) -> None:
+    """Before: 60 lines of httpx traceback."""
+    nothing = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "simulate", provider, "--ingress", nothing,
+         "--simulators", nothing], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (done.stderr.strip().splitlines() or [""])[0]  # one line
+    assert f"no {missing} answer" in done.stderr and "payhooks dev" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
