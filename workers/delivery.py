@@ -250,8 +250,10 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
              failing: bool) -> dict[str, Any]:
     """`failing`: the hook was failing or paused when this attempt began."""
     number = _record_attempt(redis, merchant, event_id, hook.id, attempt, settings)
-    outcome = {"status": attempt.status, "error": attempt.error, "attempt": number,
-               "duration_ms": attempt.duration_ms, "url_host": hook.url.host}
+    outcome = {name: value for name, value in (
+        ("status", attempt.status), ("error", attempt.error), ("attempt", number),
+        ("duration_ms", attempt.duration_ms), ("url_host", hook.url.host))
+        if value is not None}  # no `error=None` on a success
     if attempt.ok:
         batch.count("deliveries", merchant, hook.id, "delivered")
         if failing:  # a healthy hook has no failures to forget and is not in PAUSED

@@ -5,7 +5,8 @@ the new ones as canonical events and enqueues their deliveries (workers/events.p
 idempotent: RQ runs jobs at least once, and a second run finds every fact recorded.
 
 Outcomes, each ending in one `callback_processed` log line:
-- recorded: the facts were recorded (some or all may have been recorded before);
+- recorded: new facts were recorded (some may have been recorded before);
+- duplicate: every fact the source reports was recorded before (a provider's retry);
 - unsupported: a genuine callback that gives no event: a type or status that maps to none,
   content the provider proved it sent but payhooks cannot read, an answer that reports no
   fact; logged as a warning with the reason, counted, kept with its reason for 30 days
@@ -107,8 +108,11 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
         raise
     for event in events:
         batch.count("events_recorded", callback.provider, event.type.value)
-    _done(batch, callback, "recorded", started, facts=len(facts),
-          new_events=[e.id for e in events], types=[e.type.value for e in events])
+    if not events:  # every fact was recorded before: a provider's retry, say
+        _done(batch, callback, "duplicate", started, facts=len(facts))
+    else:
+        _done(batch, callback, "recorded", started, facts=len(facts),
+              new_events=[e.id for e in events], types=[e.type.value for e in events])
     return {"events": [e.id for e in events], "facts": len(facts)}
 
 

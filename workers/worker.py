@@ -57,6 +57,13 @@ from rq.registry import (
 )
 from rq.serializers import JSONSerializer
 
+from shared.errors import (
+    CallbackRejected,
+    DeliveryFailed,
+    HookPaused,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from shared.keys import WRITE_PROBE
 from shared.logging import configure_logging
 from shared.queue import CALLBACKS, DELIVERIES
@@ -73,6 +80,9 @@ RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach 
 _PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger("payhooks.worker")
+# failures the jobs raise on purpose, each after a summary line of its own
+EXPECTED_FAILURES = (ProviderUnavailable, ProviderRejected, CallbackRejected, DeliveryFailed,
+                     HookPaused)
 
 
 class _Lease(threading.Thread):
@@ -233,6 +243,18 @@ class Worker(SimpleWorker):
             self._lease().release()
             structlog.contextvars.clear_contextvars()  # the job's ids stay on the job's lines
 
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """RQ logs every failed job at `error` with its traceback. A failure payhooks
+        raised on purpose (a provider to ask again, a hook that failed or is paused, a
+        permanent answer) has had its own summary line, at `warning` for a retry and at
+        `error` for an end: no traceback, no second line. Anything else is RQ's to log."""
+        if len(exc_info) > 1 and isinstance(exc_info[1], EXPECTED_FAILURES):
+            for handler in self._exc_handlers:
+                if handler(job, *exc_info) is False:
+                    break
+            return
+        super().handle_exception(job, *exc_info)
+
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
@@ -269,8 +291,11 @@ def work(settings: Settings, burst: bool = False) -> int:
         worker = build_worker(settings)
         started = time.monotonic()
         try:
+            # RQ's own lines (a job taken, "Job OK", clean-ups) are below our summary
+            # lines: shown at debug only
             worker.work(burst=burst, with_scheduler=True,
-                        logging_level=settings.logging.level.upper())
+                        logging_level="DEBUG" if settings.logging.level == "debug"
+                        else "WARNING")
         except redis.RedisError as exc:  # raised on the way out, when Redis is gone
             log.warning("worker.redis_lost", worker=worker.name, error=exc.__class__.__name__)
         if burst or worker.stopping:  # done, or asked to stop: a clean exit either way
