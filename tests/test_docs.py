@@ -60,3 +60,15 @@ def test_documents_link_only_to_files_in_the_repository() -> None:
         if "../shared" in document.read_text():
             broken.append(f"{document.name}: cites ../shared, outside the repository")
     assert broken == []
+
+
+def test_the_example_configuration_loads_and_shows_every_section() -> None:
+    example = ROOT / "payhooks.example.toml"
+    names = set(re.findall(r"\$\{([A-Z_]+)\}", example.read_text()))
+    environ = {name: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" for name in names}
+    loaded = settings.load_settings(example, environ=environ)
+    assert set(loaded.merchants["shop-eu"].providers()) == set(settings.PROVIDER_SECTIONS)
+    text = example.read_text()
+    for key in [*settings.IngressSettings.model_fields, *settings.DeliverySettings.model_fields,
+                *settings.LoggingSettings.model_fields]:
+        assert re.search(rf"^#? ?{key} = ", text, flags=re.M), key
