@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from redis import Redis
 
-from shared.keys import ALL_EVENTS, delivery_key, event_key, merchant_events_key
+from shared.keys import ALL_EVENTS, attempts_key, delivery_key, event_key, merchant_events_key
 from shared.models import FINAL_STATES, DeliveryState, PaymentEvent
 from shared.settings import Settings
 from workers.events import wants
@@ -36,18 +36,26 @@ def delivery_states(redis: Redis, settings: Settings, event: PaymentEvent) -> di
     configured = merchant.hooks if merchant else ()
     states = {}
     for hook in (hook.id for hook in configured if wants(hook, event.type.value)):
-        stored = redis.hgetall(delivery_key(event.id, hook))
+        pipe = redis.pipeline(transaction=False)
+        pipe.hgetall(delivery_key(event.id, hook))
+        pipe.lindex(attempts_key(event.id, hook), -1)
+        stored, last = pipe.execute()
         fields = {_text(k): _text(v) for k, v in stored.items() if k != b"event"}
-        states[hook] = _describe(fields)
+        states[hook] = _describe(fields, orjson.loads(last) if last else None)
     return states
 
 
-def _describe(fields: dict[str, str]) -> str:
+def _describe(fields: dict[str, str], last: dict[str, Any] | None = None) -> str:
+    """`last`: the latest attempt's record, whose answer or error says why it failed."""
     state = fields.get("state", "expired")  # a DeliveryState, or gone with its history
     attempts = int(fields.get("attempts") or 0)
+    failed = "" if last is None else (
+        f": {last['error']}" if last.get("error") else f": HTTP {last.get('status')}")
     if state == DeliveryState.RETRYING and "next_at" in fields:
         wait = max(0, float(fields["next_at"]) - time.time())
-        return f"retrying (attempt {attempts} failed, next in {wait:.0f} s)"
+        return f"retrying (attempt {attempts} failed{failed}, next in {wait:.0f} s)"
+    if state == DeliveryState.DEAD and last is not None:
+        fields.setdefault("reason", f"last attempt{failed}")
     details = [f"{attempts} attempt{'s' if attempts > 1 else ''}"] if attempts else []
     if state in (DeliveryState.DEAD, DeliveryState.DROPPED) and "reason" in fields:
         details.append(fields["reason"])  # an ending our attempts did not see (RQ's)

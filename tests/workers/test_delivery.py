@@ -164,7 +164,7 @@ def test_a_used_up_schedule_is_dead_lettered_then_replayed_with_the_same_id(
     failed = FailedJobRegistry(DELIVERIES, connection=redis_client, serializer=JSONSerializer)
     assert delivery_job_id(event.id, "orders") in failed.get_job_ids()
     assert delivery_states(redis_client, delivering.settings, event)["orders"] == (
-        "dead (3 attempts)")
+        "dead (3 attempts, last attempt: HTTP 500)")
     letters = dead_letters(redis_client, merchant="shop-eu")
     assert [(d.event, d.hook) for d in letters] == [(event.id, "orders")]
 
@@ -228,6 +228,9 @@ def test_private_addresses_are_refused_unless_allowed(
                                                             0, -1)]
     assert attempt["error"].startswith("refused")
     assert redis_client.hget(delivery_key(event.id, "orders"), "state") == b"retrying"
+    # what `payhooks events` shows: the reason with the state
+    state = delivery_states(redis_client, worker_runtime.settings, event)["orders"]
+    assert state.startswith("retrying (attempt 1 failed: refused")
 
 
 def test_a_duplicate_callback_is_delivered_once(
@@ -260,7 +263,8 @@ def test_payhooks_replay_and_events_from_the_command_line(
         return done.stdout
 
     event = recent_events(redis_client, "shop-eu")[0]
-    assert "dead (3 attempts)" in payhooks("events", "--merchant", "shop-eu")
+    assert "dead (3 attempts, last attempt: HTTP 500)" in payhooks("events", "--merchant",
+                                                                   "shop-eu")
     assert "1 dead-lettered delivery to replay" in payhooks("replay", "--dry-run", "--since",
                                                             "1h")
     assert "0 dead-lettered deliveries match" in payhooks("replay", "--hook", "refunds")
