@@ -97,3 +97,19 @@ def test_the_build_context_leaves_out_the_venv_history_secrets_and_tests() -> No
     for needed in ("pyproject.toml", "README.md", ".ci/constraints.txt", "ingress", "workers",
                    "shared"):
         assert needed in dockerfile and needed not in ignored  # what the image copies
+
+
+def test_the_dashboard_gets_no_merchant_secret_and_a_missing_config_is_no_directory() -> None:
+    services = compose()["services"]
+    dashboard = services["dashboard"]
+    assert "env_file" not in dashboard  # .env holds every merchant's secrets
+    assert set(dashboard["environment"]) == {"RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD"}
+    assert [port.split(":")[0] for port in dashboard["ports"]] == ["127.0.0.1"]
+    public = [name for name, service in services.items() for port in service.get("ports", ())
+              if not str(port).startswith("127.0.0.1:")]
+    assert public == ["ingress"]
+    for name in ("ingress", "worker"):
+        [mount] = services[name]["volumes"]
+        # the short form "./payhooks.toml:/etc/..." made a directory when the file was missing
+        assert mount == {"type": "bind", "source": "./payhooks.toml",
+                         "target": "/etc/payhooks/payhooks.toml", "read_only": True}
