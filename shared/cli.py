@@ -275,17 +275,23 @@ def _moment(value: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _sandbox(module: str) -> Any:
-    """A part of the sandbox, which a production install (the image) leaves out."""
+def _optional(module: str, missing: str) -> Any:
+    """`module`, from a part that an install may leave out; else exit saying `missing`."""
     import importlib
 
     try:
-        return importlib.import_module(f"shared.sandbox.{module}")
+        return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("shared.sandbox"):
-            raise
-        sys.exit("the sandbox (payhooks dev, payhooks simulate) is not in this install: "
-                 "run it from a checkout, pip install -e '.[dev]'")
+        if not module.startswith(exc.name or "-"):
+            raise  # something the part itself needs is missing: that is another story
+        sys.exit(missing)
+
+
+def _sandbox(module: str) -> Any:
+    """A part of the sandbox, which a production install (the image) leaves out."""
+    return _optional(f"shared.sandbox.{module}",
+                     "the sandbox (payhooks dev, payhooks simulate) is not in this install: "
+                     "run it from a checkout, pip install -e '.[dev]'")
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -316,19 +322,14 @@ def _check_config(args: argparse.Namespace) -> int:
 def _tool(module: str) -> Any:
     """A benchmark or the chaos test: they live beside the tests (tests/bench, tests/chaos),
     outside the product's packages, and run from a checkout of payhooks."""
-    import importlib
     from pathlib import Path
 
     checkout = Path(__file__).resolve().parents[1]
     if (checkout / "tests" / "bench").is_dir() and str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))  # an editable install runs from the checkout
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("tests"):
-            raise
-        sys.exit("payhooks bench and payhooks chaos run from a checkout of payhooks "
-                 "(pip install -e '.[test,dev,bench]'), not from an installed package")
+    return _optional(module, "payhooks bench and payhooks chaos run from a checkout of "
+                             "payhooks (pip install -e '.[test,dev,bench]'), not from an "
+                             "installed package")
 
 
 def _bench_ingress(args: argparse.Namespace) -> int:
