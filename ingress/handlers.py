@@ -248,8 +248,6 @@ async def healthz(request: web.Request) -> web.Response:
     return _text(200, "ok")
 
 
-
-
 async def readyz(request: web.Request) -> web.Response:
     """Ready when Redis takes a write: a Redis at `maxmemory` answers PING and refuses
     every callback."""

@@ -237,16 +237,20 @@ def test_a_worker_whose_clock_is_ahead_takes_no_running_job_for_abandoned(
         wait_until(lambda: client.get(RUNS) == b"1", 20, "the worker did not start the job")
         skewed = subprocess.Popen(
             [faketime, "-f", "+30s", sys.executable, "-c", SKEWED_WORKER, server.url],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
         try:
             wait_until(lambda: client.scard("rq:workers") == 2, 20,
                      "the worker 30 s ahead did not start")
             wait_until(functools.partial(finished, job), 30, "the job did not finish")
             time.sleep(2)  # a few more clean-ups by the worker ahead
-        finally:
-            skewed.send_signal(signal.SIGTERM)
-            skewed.wait(20)
+        finally:  # faketime does not pass SIGTERM on to its child: stop them both
+            os.killpg(skewed.pid, signal.SIGTERM)
+            try:
+                skewed.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(skewed.pid, signal.SIGKILL)
+                skewed.wait(5)
     finally:
         assert stop(holder) == 0
         log.close()
