@@ -10,9 +10,11 @@ import structlog
 from aiohttp import web
 
 from ingress.app import create_app
-from ingress.keys import CONNECTIONS
-from shared.logging import configure_logging
+from ingress.keys import CONNECTIONS, SETTINGS
+from shared.logging import configure_logging, flush_logs
 from shared.settings import Settings
+
+log = structlog.get_logger("payhooks.ingress")
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
@@ -42,15 +44,20 @@ async def _serve(app: web.Application, host: str, port: int, file_limit: int) ->
         cap.install(runner.server, file_limit)
         site = web.TCPSite(runner, host, port)
         await site.start()
-        structlog.get_logger("payhooks.ingress").info(
-            "ingress.listening", host=host, port=port, max_connections=cap.cap)
+        settings = app[SETTINGS]
+        log.info("ingress.listening", host=host, port=port, max_connections=cap.cap,
+                 merchants={merchant_id: sorted(merchant.providers())
+                            for merchant_id, merchant in sorted(settings.merchants.items())})
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopping.set)
         await stopping.wait()
+        log.info("ingress.stopping", after="a signal: callbacks in flight are answered first")
     finally:
         await runner.cleanup()
+        log.info("ingress.stopped")
+        flush_logs()  # the app's own flusher stopped with it
 
 
 FILE_LIMIT_CEILING = 1 << 20  # when the hard limit is unlimited
@@ -72,7 +79,7 @@ def raise_file_limit() -> int:
             soft = wanted
         except (ValueError, OSError):
             pass
-    structlog.get_logger("payhooks.ingress").info("ingress.file_limit", soft=soft, hard=hard)
+    log.info("ingress.file_limit", soft=soft, hard=hard)
     return int(soft)
 
 

@@ -13,7 +13,8 @@ from typing import Any
 from shared.errors import ConfigError
 from shared.settings import PROVIDER_SECTIONS, Settings, load_settings, parse_duration
 
-STATUSES = ["captured", "authorized", "pending", "refunded", "voided", "failed", "chargeback"]
+STATUSES = ["captured", "authorized", "pending", "refunded", "voided", "failed", "chargeback",
+            "chargeback_reversed"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

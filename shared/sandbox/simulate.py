@@ -24,7 +24,8 @@ from shared.settings import Settings
 _IXOPAY = {"captured": ("DEBIT", "OK"), "authorized": ("PREAUTHORIZE", "OK"),
            "pending": ("DEBIT", "PENDING"), "failed": ("DEBIT", "ERROR"),
            "refunded": ("REFUND", "OK"), "voided": ("VOID", "OK"),
-           "chargeback": ("CHARGEBACK", "OK")}
+           "chargeback": ("CHARGEBACK", "OK"),
+           "chargeback_reversed": ("CHARGEBACK-REVERSAL", "OK")}
 _NETAXEPT: dict[str, dict[str, Any]] = {"captured": {"authorized": True, "captured": 12950},
              "authorized": {"authorized": True}, "pending": {},
              "refunded": {"authorized": True, "captured": 12950, "credited": 12950},

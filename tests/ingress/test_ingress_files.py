@@ -101,6 +101,11 @@ def test_by_default_the_cap_leaves_files_for_redis_and_logs(redis_url: str,
         pass
     [listening] = _events(log, "ingress.listening")
     assert listening["max_connections"] == 600 - RESERVED_FILES
+    # where it listens and what it serves, at start; that it stopped, at the end
+    assert listening["merchants"]["shop-eu"] == ["ifthenpay", "ixopay", "netaxept", "payex"]
+    assert listening["port"] > 0
+    assert [line["event"] for line in _events(log, "ingress.stopping") +
+            _events(log, "ingress.stopped")] == ["ingress.stopping", "ingress.stopped"]
 
 
 def _signed_callback(port: int) -> int:

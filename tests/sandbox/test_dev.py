@@ -40,12 +40,15 @@ def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
         simulators = f"http://127.0.0.1:{ports['simulators']}"
         for provider in ("ixopay", "ifthenpay", "netaxept", "payex"):
             assert simulate(provider, ingress=ingress, simulators=simulators) == 0
-        wait_until_output(lambda: sum("merchant endpoint received" in line for line in output) >= 6,
+        assert simulate("ixopay", status="chargeback_reversed", ingress=ingress,
+                        simulators=simulators) == 0
+        wait_until_output(lambda: sum("merchant endpoint received" in line for line in output) >= 7,
                  output)
         received = [line for line in output if "merchant endpoint received" in line]
         for provider in ("ixopay", "ifthenpay", "netaxept", "payex"):
             assert any(f"demo/{provider}" in line and "payment.captured" in line
                        and "(signature verified)" in line for line in received), provider
+        assert any("payment.chargeback_reversed" in line for line in received)
         dashboard = httpx.get(f"http://127.0.0.1:{ports['dashboard']}/", timeout=10)
         assert dashboard.status_code == 200
         metrics = httpx.get(f"{ingress}/metrics", timeout=10).text
