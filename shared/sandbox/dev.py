@@ -14,13 +14,15 @@ everything it started. The secrets below are for trying it out only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,10 +111,35 @@ def register_demo(simulators_url: str) -> None:
                                  DEMO_SECRETS["DEMO_IXOPAY_PASSWORD"])
 
 
+PORT_OPTIONS = {"ingress": "--port", "simulators": "--simulators-port",
+                "merchant": "--merchant-port", "dashboard": "--dashboard-port"}
+
+
+def taken_ports(ports: Ports) -> list[str]:
+    """A line for each port something else listens on, with the option to choose another."""
+    lines = []
+    for name, option in PORT_OPTIONS.items():
+        port = getattr(ports, name)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                lines.append(f"payhooks dev: port {port} ({name}) is taken; choose another "
+                             f"with {option} N")
+    return lines
+
+
 def run(ports: Ports | None = None, workers: int = 2) -> int:
-    """Start everything and wait; Ctrl-C (or SIGTERM) stops it all."""
+    """Start everything and wait; Ctrl-C, SIGTERM, SIGHUP (the terminal closed) or any of
+    its processes ending stops it all."""
     ports = ports or Ports()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    taken = taken_ports(ports)
+    if taken:
+        print("\n".join(taken), file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: sys.exit(0))  # unwinds: the children are stopped
     with contextlib.ExitStack() as stack:
         redis_url = os.environ.get("PAYHOOKS_REDIS_URL", "redis://127.0.0.1:6379/0")
         started_redis = not answers(redis_url)
@@ -159,7 +186,23 @@ def _children() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, env=env, start_new_session=True)
+    return subprocess.Popen(argv, env=env, start_new_session=True,
+                            preexec_fn=_stop_with_parent())
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """On Linux, a child gets SIGTERM when `payhooks dev` dies, even by SIGKILL."""
+    if sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def in_child() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def _start_dashboard(redis_url: str, port: int, env: dict[str, str]

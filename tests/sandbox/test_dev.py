@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -81,3 +82,51 @@ def test_simulate_with_nothing_listening_says_what_to_start(provider: str, missi
     assert done.stderr.strip() == (done.stderr.strip().splitlines() or [""])[0]  # one line
     assert f"no {missing} answer" in done.stderr and "payhooks dev" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def start_dev(tmp_path: Path, redis_url: str, ports: dict[str, int]
+              ) -> tuple[subprocess.Popen[str], list[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["ingress"]),
+         "--simulators-port", str(ports["simulators"]), "--merchant-port",
+         str(ports["merchant"]), "--dashboard-port", str(ports["dashboard"]), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
+    output: list[str] = []
+    stdout = process.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: output.extend(iter(stdout.readline, "")), daemon=True).start()
+    return process, output
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_closing_the_terminal_or_sigterm_stops_everything_dev_started(
+        tmp_path: Path, redis_url: str, signum: int) -> None:
+    """Before, SIGHUP left seven processes holding the ports, and the next run failed."""
+    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard")}
+    process, output = start_dev(tmp_path, redis_url, ports)
+    try:
+        wait_until_output(lambda: any("payhooks dev is up" in line for line in output), output)
+        assert all(listening(port) for port in ports.values())
+    finally:
+        process.send_signal(signum)
+        process.wait(timeout=40)
+    wait_until(lambda: not any(listening(port) for port in ports.values()), 20,
+               lambda: f"still listening: {[p for p in ports.values() if listening(p)]}")
+
+
+def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path, redis_url: str) -> None:
+    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard")}
+    with socket.create_server(("127.0.0.1", ports["merchant"])):
+        process, output = start_dev(tmp_path, redis_url, ports)
+        assert process.wait(timeout=30) == 2
+    text = "".join(output)
+    assert f"port {ports['merchant']} (merchant) is taken; choose another with " \
+           "--merchant-port N" in text
+    assert "payhooks dev is up" not in text and "Traceback" not in text
+    assert not any(listening(port) for port in ports.values())
