@@ -35,7 +35,7 @@ from shared.errors import (
     TooSlow,
     Unauthorized,
 )
-from shared.keys import DEAD_LETTERS, READY_PROBE
+from shared.keys import DEAD_LETTERS, METRICS, PAUSED_HOOKS, READY_PROBE
 from shared.models import callback_json, new_callback_id, utcnow
 from shared.providers.base import Incoming, Provider
 from shared.queue import CALLBACKS, DELIVERIES
@@ -269,9 +269,9 @@ async def metrics(request: web.Request) -> web.Response:
                                       "refused": connections.refused}
     try:
         pipe = redis.pipeline(transaction=False)
-        pipe.hgetall(shared_metrics.KEY)
+        pipe.hgetall(METRICS)
         pipe.zcard(DEAD_LETTERS)
-        pipe.scard(shared_metrics.PAUSED)
+        pipe.scard(PAUSED_HOOKS)
         for queue in (CALLBACKS, DELIVERIES):
             pipe.llen(Queue.redis_queue_namespace_prefix + queue)
         stored, dead, paused, *depths = await pipe.execute()

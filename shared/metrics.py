@@ -21,10 +21,8 @@ from prometheus_client.core import (
 )
 from redis import Redis
 
-from shared.keys import METRICS, PAUSED_HOOKS
+from shared.keys import METRICS
 
-KEY = METRICS
-PAUSED = PAUSED_HOOKS  # the paused hooks, as merchant/hook
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COUNTERS = {
     "callbacks_processed": ("Callbacks processed by workers, by provider and outcome",
@@ -65,9 +63,9 @@ class Batch:
             return
         pipe = redis.pipeline(transaction=False)
         for field, amount in self._counts:
-            pipe.hincrby(KEY, field, amount)
+            pipe.hincrby(METRICS, field, amount)
         for field, seconds in self._sums:
-            pipe.hincrbyfloat(KEY, field, seconds)
+            pipe.hincrbyfloat(METRICS, field, seconds)
         pipe.execute()
         self._counts.clear()
         self._sums.clear()

@@ -72,7 +72,6 @@ log = structlog.get_logger("payhooks.delivery")
 RESPONSE_LIMIT = 16 * 1024
 PAUSE_FIRST, PAUSE_MAX = 60.0, 3600.0
 RETRY_AFTER_BOUNDS = (1.0, 86400.0)
-DEAD = DEAD_LETTERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +298,7 @@ def _record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
     pipe.rpush(key, entry)
     pipe.expire(key, int(settings.history))
     pipe.hincrby(delivery_key(event_id, hook_id), "attempts", 1)
-    pipe.zrem(in_flight_key(merchant, hook_id), event_id)
+    pipe.zrem(hook_in_flight_key(merchant, hook_id), event_id)
     _, _, number, _ = pipe.execute()
     return int(number)
 
@@ -320,8 +319,8 @@ def dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: 
     _set_state(redis, event_id, hook_id, settings, state=DeliveryState.DEAD, attempts=attempts,
                event=body, merchant=merchant, **fields)
     now = redis_now(redis)  # trimmed by age: by a host's wrong clock, every one would go
-    redis.zadd(DEAD, {dead_letter_member(merchant, event_id, hook_id): now})
-    redis.zremrangebyscore(DEAD, 0, now - settings.history)  # their events are gone too
+    redis.zadd(DEAD_LETTERS, {dead_letter_member(merchant, event_id, hook_id): now})
+    redis.zremrangebyscore(DEAD_LETTERS, 0, now - settings.history)  # their events are gone too
 
 
 def note_failure(redis: Redis, merchant: str, hook: HookSettings,
@@ -365,15 +364,12 @@ def wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
     return True
 
 
-in_flight_key = hook_in_flight_key
-
-
 def _take_slot(redis: Redis, merchant: str, hook_id: str, event_id: str,
                settings: DeliverySettings) -> str:
     """One of the hook's `max_in_flight_per_hook` places, or HookPaused (a short wait, the
     attempt given back) when every place is taken: however slow a hook is, it occupies at
     most that many workers, and the others go on with other merchants' deliveries."""
-    key = in_flight_key(merchant, hook_id)
+    key = hook_in_flight_key(merchant, hook_id)
     if not slots.take(redis, key, event_id, settings.timeout + 5,
                       settings.max_in_flight_per_hook):
         _defer(min(settings.timeout, 5.0) + random.uniform(0, 2))  # noqa: S311

@@ -22,8 +22,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from shared.keys import DEAD_LETTERS as DEAD
-from shared.keys import dead_letter_member, dead_letter_parts, delivery_key
+from shared.keys import DEAD_LETTERS, dead_letter_member, dead_letter_parts, delivery_key
 from shared.models import DeliveryState
 from shared.queue import DELIVERIES
 from shared.settings import Settings
@@ -48,7 +47,7 @@ def dead_letters(redis: Redis, *, event: str | None = None, hook: str | None = N
     """The dead letters that match every given filter, oldest first."""
     found = []
     entries: list[tuple[bytes, float]] = redis.zrangebyscore(  # type: ignore[assignment]
-        DEAD, since or "-inf", until or "+inf", withscores=True)
+        DEAD_LETTERS, since or "-inf", until or "+inf", withscores=True)
     for raw, score in entries:
         parts = dead_letter_parts(raw.decode())
         if parts is None:
@@ -69,7 +68,7 @@ def replay(redis: Redis, settings: Settings, letters: list[DeadLetter],
     schedule = [int(step) for step in settings.delivery.retry_schedule]
     replayed = 0
     for done, letter in enumerate(letters, 1):
-        if redis.zrem(DEAD, letter.member):  # else another replay took it
+        if redis.zrem(DEAD_LETTERS, letter.member):  # else another replay took it
             _requeue(redis, queue, failed, letter, schedule)
             replayed += 1
         if progress is not None:

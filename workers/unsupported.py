@@ -4,7 +4,7 @@ A callback whose outcome is `unsupported` (a transaction type or status payhooks
 map, a body or query it cannot read, an answer that reports nothing) was acknowledged, so
 the provider will not send it again. Its job ends as finished, and RQ keeps a finished job
 only ten minutes, so the callback is kept here, as stored by the ingress (secrets already
-removed), with the reason, for `KEEP_SECONDS`:
+removed), with the reason, for `UNSUPPORTED_SECONDS`:
 
 - `payhooks:unsupported`: a sorted set of callback ids by the time the worker gave up;
 - `payhooks:unsupported:<callback id>`: a hash of merchant, provider, reference, reason,
@@ -30,15 +30,9 @@ from shared.keys import UNSUPPORTED, UNSUPPORTED_SECONDS, unsupported_key
 from shared.models import Callback
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
 
-INDEX = UNSUPPORTED
-KEEP_SECONDS = UNSUPPORTED_SECONDS  # as long as RQ keeps a failed callback job
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-entry_key = unsupported_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +54,16 @@ class Unsupported:
 def remember(redis: Redis, callback: Callback, data: dict[str, Any], reason: str) -> None:
     """Keep this callback's job data and the reason it gave no event (two round trips)."""
     now = redis_now(redis)  # the index is trimmed by age: a host's wrong clock trims it all
-    key = entry_key(callback.id)
+    key = unsupported_key(callback.id)
     pipe = redis.pipeline(transaction=True)
     pipe.hset(key, mapping={
         "merchant": callback.merchant, "provider": callback.provider,
         "reference": callback.reference, "reason": reason,
         "received_at": callback.received_at.isoformat(), "recorded_at": now,
         "data": orjson.dumps(data)})
-    pipe.expire(key, KEEP_SECONDS)
-    pipe.zadd(INDEX, {callback.id: now})
-    pipe.zremrangebyscore(INDEX, 0, now - KEEP_SECONDS)
+    pipe.expire(key, UNSUPPORTED_SECONDS)
+    pipe.zadd(UNSUPPORTED, {callback.id: now})
+    pipe.zremrangebyscore(UNSUPPORTED, 0, now - UNSUPPORTED_SECONDS)
     pipe.execute()
 
 
@@ -79,10 +73,10 @@ def unsupported_callbacks(redis: Redis, *, merchant: str | None = None,
                           ) -> list[Unsupported]:
     """The kept unsupported callbacks that match every given filter, newest first."""
     ids = [_text(raw) for raw in redis.zrevrangebyscore(  # type: ignore[arg-type]
-        INDEX, until or "+inf", since or "-inf")]
+        UNSUPPORTED, until or "+inf", since or "-inf")]
     pipe = redis.pipeline(transaction=False)
     for callback_id in ids:
-        pipe.hmget(entry_key(callback_id), "merchant", "provider", "reference", "reason",
+        pipe.hmget(unsupported_key(callback_id), "merchant", "provider", "reference", "reason",
                    "received_at", "recorded_at")
     found = []
     for callback_id, values in zip(ids, pipe.execute(), strict=True):
@@ -106,12 +100,12 @@ def replay_unsupported(redis: Redis, entries: list[Unsupported]) -> int:
     timeout = options.pop("timeout")
     replayed = 0
     for entry in entries:
-        data = redis.hget(entry_key(entry.callback_id), "data")
-        if data is None or not redis.zrem(INDEX, entry.callback_id):
+        data = redis.hget(unsupported_key(entry.callback_id), "data")
+        if data is None or not redis.zrem(UNSUPPORTED, entry.callback_id):
             continue  # expired, or another replay took it
         queue.enqueue(PROCESS_CALLBACK, orjson.loads(data), job_id=entry.callback_id,
                       job_timeout=timeout, description=f"replay of {entry.callback_id}",
                       **options)
-        redis.delete(entry_key(entry.callback_id))
+        redis.delete(unsupported_key(entry.callback_id))
         replayed += 1
     return replayed

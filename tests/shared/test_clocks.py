@@ -13,9 +13,10 @@ import sys
 
 import redis
 
+from shared.keys import DEAD_LETTERS
 from shared.settings import DeliverySettings
 from tests.helpers import ROOT, faketime_binary, make_settings
-from workers.delivery import DEAD, dead_letter, note_failure
+from workers.delivery import dead_letter, note_failure
 
 AHEAD = """
 import sys
@@ -52,6 +53,6 @@ def test_a_host_whose_clock_is_ahead_keeps_pauses_and_dead_letters(
     dead_letter(redis_client, "shop-eu", "orders", "evt_now", b"{}", 7, settings)
     assert run_ahead("+2h", redis_url) == "HookPaused"  # still paused for it
     run_ahead("+40d", redis_url)
-    members: list[bytes] = redis_client.zrange(DEAD, 0, -1)  # type: ignore[assignment]
+    members: list[bytes] = redis_client.zrange(DEAD_LETTERS, 0, -1)  # type: ignore[assignment]
     assert {member.split(b"|")[1] for member in members} == {
         b"evt_now", b"evt_ahead"}  # a dead letter of today is kept: 30 days of Redis's time

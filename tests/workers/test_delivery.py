@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from standardwebhooks import Webhook
 
 from ingress.app import create_app
-from shared.keys import attempts_key, delivery_key, hook_key
+from shared.keys import DEAD_LETTERS, attempts_key, delivery_key, hook_in_flight_key, hook_key
 from shared.queue import DELIVERIES
 from shared.sandbox.simulators.client import SimulatorClient
 from shared.sandbox.simulators.merchant import Answer, MerchantEndpoint
@@ -32,7 +32,6 @@ from tests.helpers import (
     worker_config,
 )
 from workers import runtime as runtimes
-from workers.delivery import DEAD, in_flight_key
 from workers.events import delivery_job_id
 from workers.listing import delivery_states, recent_events
 from workers.replay import dead_letters, replay
@@ -193,7 +192,7 @@ def test_a_used_up_schedule_is_dead_lettered_then_replayed_with_the_same_id(
     delivered = endpoint.requests_to("/orders")[-1]
     assert delivered.headers["webhook-id"] == event.id
     assert json.loads(delivered.body)["id"] == event.id
-    assert redis_client.zcard(DEAD) == 0
+    assert redis_client.zcard(DEAD_LETTERS) == 0
     job = Job.fetch(delivery_job_id(event.id, "orders"), connection=redis_client,
                     serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FINISHED
@@ -372,7 +371,7 @@ def test_a_hook_takes_at_most_its_share_of_workers(
     runtime = Runtime(settings, worker_runtime.redis, worker_runtime.http)
     runtimes.install(runtime)
     try:
-        slots = in_flight_key("shop-eu", "orders")
+        slots = hook_in_flight_key("shop-eu", "orders")
         busy = time.time() + 60
         redis_client.zadd(slots, {"evt_elsewhere_1": busy, "evt_elsewhere_2": busy})
         process_callback(netaxept(admin, "d-cap", authorized=True))

@@ -22,13 +22,12 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 import workers.worker as worker_main
-from shared.keys import delivery_key
+from shared.keys import DEAD_LETTERS, delivery_key
 from shared.queue import DELIVERIES
 from shared.sandbox.simulators.client import SimulatorClient
 from tests.helpers import netaxept, settings_for, work
 from tests.hostile import HostileServer
 from workers import runtime as runtimes
-from workers.delivery import DEAD
 from workers.events import delivery_job_id
 from workers.listing import delivery_states, recent_events
 from workers.replay import dead_letters, replay
@@ -66,7 +65,7 @@ def assert_dead_lettered(client: redis.Redis, runtime: Runtime, event_id: str,
     record = client.hgetall(delivery_key(event_id, "orders"))
     assert record[b"state"] == b"dead"
     assert record[b"reason"] == f"the job ended: {reason}".encode()
-    assert client.zscore(DEAD, f"shop-eu|{event_id}|orders") is not None
+    assert client.zscore(DEAD_LETTERS, f"shop-eu|{event_id}|orders") is not None
     [event] = recent_events(client, "shop-eu")
     assert delivery_states(client, runtime.settings, event)["orders"] == (
         f"dead (the job ended: {reason})")  # what `payhooks events` shows

@@ -20,12 +20,12 @@ from typing import Any
 import redis
 
 from ingress.app import create_app
+from shared.keys import UNSUPPORTED
 from shared.queue import CALLBACKS
 from shared.settings import Settings, settings_from_dict
 from tests.helpers import HOOK_SECRET, IFTHENPAY_KEY, MERCHANT_CONFIG, secrets_in, to_toml
 from workers import runtime as runtimes
 from workers.listing import recent_events
-from workers.unsupported import INDEX
 from workers.worker import build_worker
 
 # ifthenpay/joomla-virtuemart: helpers/ifthenpayhelper.php builds this template
@@ -80,7 +80,7 @@ async def test_an_unreadable_proven_callback_is_kept_listed_and_replayed(
 
     path.write_text(to_toml(config(redis_url, plugin="virtuemart")))  # the operator's fix
     assert "queued 1 of 1" in cli(path, "replay", "--unsupported")
-    assert redis_client.zcard(INDEX) == 0
+    assert redis_client.zcard(UNSUPPORTED) == 0
     run_worker(settings_from_dict(config(redis_url, plugin="virtuemart"), environ={}))
     [event] = recent_events(redis_client, "shop-eu")
     assert (event.type.value, event.data.order_id, event.data.amount_minor,
@@ -99,6 +99,6 @@ async def test_a_replay_still_unsupported_is_kept_again(
     path.write_text(to_toml(config(redis_url)))
     assert "queued 1 of 1" in cli(path, "replay", "--unsupported", "--provider", "ifthenpay")
     run_worker(settings)
-    assert redis_client.zcard(INDEX) == 1
+    assert redis_client.zcard(UNSUPPORTED) == 1
     assert "0 unsupported callbacks match" in cli(path, "replay", "--unsupported",
                                                   "--provider", "ixopay")
