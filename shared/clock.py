@@ -15,8 +15,7 @@ from redis import Redis
 
 def redis_now(redis: Redis) -> float:
     """Redis's clock, in seconds since the epoch (one round trip)."""
-    seconds, micros = redis.time()
-    return seconds + micros / 1_000_000
+    return from_reply(redis.time())
 
 
 def from_reply(reply: tuple[int, int]) -> float:

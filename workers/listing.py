@@ -54,11 +54,11 @@ def _describe(fields: dict[str, str], last: dict[str, Any] | None = None) -> str
     if state == DeliveryState.RETRYING and "next_at" in fields:
         wait = max(0, float(fields["next_at"]) - time.time())
         return f"retrying (attempt {attempts} failed{failed}, next in {wait:.0f} s)"
-    if state == DeliveryState.DEAD and last is not None:
-        fields.setdefault("reason", f"last attempt{failed}")
     details = [f"{attempts} attempt{'s' if attempts > 1 else ''}"] if attempts else []
     if state in (DeliveryState.DEAD, DeliveryState.DROPPED) and "reason" in fields:
         details.append(fields["reason"])  # an ending our attempts did not see (RQ's)
+    elif state == DeliveryState.DEAD and last is not None:
+        details.append(f"last attempt{failed}")
     if state in FINAL_STATES and details:
         return f"{state} ({', '.join(details)})"
     return state

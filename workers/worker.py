@@ -30,10 +30,8 @@ The scheduler is a child process; on Linux it is told to stop when its worker di
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -57,6 +55,7 @@ from rq.registry import (
 )
 from rq.serializers import JSONSerializer
 
+from shared.clock import redis_now
 from shared.errors import (
     CallbackRejected,
     DeliveryFailed,
@@ -65,6 +64,7 @@ from shared.errors import (
     ProviderUnavailable,
 )
 from shared.keys import WRITE_PROBE
+from shared.lifetime import stop_with_this_process
 from shared.logging import configure_logging
 from shared.queue import CALLBACKS, DELIVERIES
 from shared.settings import Settings
@@ -77,7 +77,6 @@ RENEW_SECONDS = 5
 SWEEP_LOCK_SECONDS = 60  # one worker sweeps a queue at a time; RQ holds the lock 15 minutes
 BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
-_PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger("payhooks.worker")
 # failures the jobs raise on purpose, each after a summary line of its own
@@ -206,7 +205,7 @@ class Worker(SimpleWorker):
     def clean_registries(self) -> None:
         """RQ's clean-up of each queue's registries, with the started registry's leases
         judged by Redis's clock."""
-        seconds, micros = self.connection.time()
+        now = redis_now(self.connection)
         for queue in self.queues:
             if not queue.acquire_maintenance_lock():
                 continue
@@ -216,7 +215,7 @@ class Worker(SimpleWorker):
                                        "job_class": queue.job_class,
                                        "serializer": queue.serializer}
             FinishedJobRegistry(**options).cleanup()
-            StartedJobRegistry(**options).cleanup(timestamp=seconds + micros / 1e6,
+            StartedJobRegistry(**options).cleanup(timestamp=now,
                                                   exception_handlers=self._exc_handlers)
             FailedJobRegistry(**options).cleanup()
             DeferredJobRegistry(**options).cleanup()
@@ -349,14 +348,6 @@ def _wait_for_redis(connection: Redis, settle: float = 0.0) -> bool:
 def _children_stop_with_us() -> None:
     """Make every process forked from here on (RQ's scheduler) get SIGTERM when this one
     dies, even by SIGKILL, instead of living on without its worker (Linux only)."""
-    if sys.platform != "linux":
-        return
-    parent = os.getpid()
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def in_child() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the worker died before the prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    os.register_at_fork(after_in_child=in_child)
+    in_child = stop_with_this_process()
+    if in_child is not None:
+        os.register_at_fork(after_in_child=in_child)

@@ -14,7 +14,6 @@ everything it started. The secrets below are for trying it out only.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import os
 import signal
@@ -22,12 +21,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from shared.lifetime import stop_with_this_process
 from shared.sandbox.redis_server import RedisServer, answers
 from shared.sandbox.simulators.client import SimulatorClient
 
@@ -187,22 +187,7 @@ def _children() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, env=env, start_new_session=True,
-                            preexec_fn=_stop_with_parent())
-
-
-def _stop_with_parent() -> Callable[[], None] | None:
-    """On Linux, a child gets SIGTERM when `payhooks dev` dies, even by SIGKILL."""
-    if sys.platform != "linux":
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def in_child() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return in_child
+                            preexec_fn=stop_with_this_process())  # on Linux
 
 
 def _start_dashboard(redis_url: str, port: int, env: dict[str, str]
