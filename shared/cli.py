@@ -35,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         "--config", metavar="PATH",
         help="config file (default: $PAYHOOKS_CONFIG, else ./payhooks.toml)",
     )
-    parser = argparse.ArgumentParser(prog="payhooks", description=__doc__, parents=[config])
+    parser = argparse.ArgumentParser(
+        prog="payhooks", parents=[config],
+        description="payhooks takes payment providers' callbacks, checks them with the "
+                    "provider and delivers one signed event stream to each merchant's hooks.",
+        epilog="Run it: payhooks ingress, and payhooks worker (as many as you need). Try it "
+               "on this machine: payhooks dev. Help on a command: payhooks COMMAND --help")
     parser.add_argument("--version", action="version", version=f"payhooks {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -50,9 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit when nothing is due now")
     worker.set_defaults(run=_worker)
 
-    events = commands.add_parser("events", parents=[config],
-                                 help="recent canonical events with their delivery state")
+    events = commands.add_parser(
+        "events", parents=[config],
+        help="recent canonical events with their delivery state, newest first",
+        description="Recent canonical events, newest first, with each hook's delivery state. "
+                    "Filters combine: payhooks events --order order-77 --since 2d")
     events.add_argument("--merchant", metavar="M", help="only this merchant's events")
+    events.add_argument("--provider", metavar="P", choices=PROVIDER_SECTIONS,
+                        help="only this provider's")
+    events.add_argument("--type", metavar="TYPE",
+                        help="only this event type, or pattern (payment.refunded, payment.*)")
+    events.add_argument("--order", metavar="ID", help="only this order id's")
+    events.add_argument("--payment", metavar="ID", help="only this payment id's")
+    events.add_argument("--transaction", metavar="ID", help="only this transaction id's")
+    events.add_argument("--since", metavar="TIME", type=_moment,
+                        help="recorded at or after TIME (ISO 8601, or an age: 2h, 3d)")
+    events.add_argument("--until", metavar="TIME", type=_moment,
+                        help="recorded at or before TIME")
+    events.add_argument("--event", metavar="ID",
+                        help="instead: this one event in full, with every delivery attempt")
     events.add_argument("--json", action="store_true", help="one JSON object a line")
     events.add_argument("--limit", type=int, default=50, help="how many (default 50)")
     events.add_argument("--unsupported", action="store_true",
@@ -64,9 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--event", metavar="ID", help="only this event")
     replay.add_argument("--hook", metavar="ID", help="only deliveries to this hook")
     replay.add_argument("--merchant", metavar="M", help="only this merchant's")
-    replay.add_argument("--since", metavar="TIME",
+    replay.add_argument("--since", metavar="TIME", type=_moment,
                         help="dead-lettered at or after TIME (ISO 8601, or an age: 2h, 3d)")
-    replay.add_argument("--until", metavar="TIME", help="dead-lettered at or before TIME")
+    replay.add_argument("--until", metavar="TIME", type=_moment,
+                        help="dead-lettered at or before TIME")
     replay.add_argument("--dry-run", action="store_true", help="list, do not send")
     replay.add_argument("--unsupported", action="store_true",
                         help="instead: process again the callbacks that gave no event "
@@ -198,14 +220,29 @@ def _worker(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace) -> int:
     from redis import Redis
 
-    from workers.listing import event_lines, unsupported_lines
+    from workers import listing
 
     settings = _settings(args)
     with Redis.from_url(settings.redis_url) as redis:
-        if args.unsupported:
-            lines = unsupported_lines(redis, args.merchant, args.limit, args.json)
+        if args.event:
+            event = listing.get_event(redis, args.event)
+            if event is None:
+                print(f"payhooks events: no event {args.event} (unknown, or older than the "
+                      "10 days events are kept)", file=sys.stderr)
+                return 1
+            lines = listing.event_detail_lines(redis, settings, event)
+        elif args.unsupported:
+            lines = listing.unsupported_lines(redis, args.merchant, args.limit, args.json)
         else:
-            lines = event_lines(redis, settings, args.merchant, args.limit, args.json)
+            where = listing.EventFilter(
+                merchant=args.merchant, provider=args.provider, type=args.type,
+                order=args.order, payment=args.payment, transaction=args.transaction,
+                since=args.since, until=args.until)
+            found = listing.find_events(redis, where, args.limit)
+            lines = listing.event_lines(redis, settings, found, args.json)
+            if not found and not args.json:
+                lines = ["no event matches" if where != listing.EventFilter() else
+                         "no event recorded yet (or none in the last 10 days)"]
         for line in lines:
             print(line)
     return 0
@@ -221,7 +258,7 @@ def _replay(args: argparse.Namespace) -> int:
         return _replay_unsupported(args, settings)
     with Redis.from_url(settings.redis_url) as redis:
         letters = dead_letters(redis, event=args.event, hook=args.hook, merchant=args.merchant,
-                               since=_moment(args.since), until=_moment(args.until))
+                               since=args.since, until=args.until)
         listed = [f"{letter.merchant} {letter.event} -> {letter.hook}" for letter in letters]
         if _listed_only(listed, "dead-lettered delivery", "dead-lettered deliveries",
                         args.dry_run):
@@ -239,7 +276,7 @@ def _replay_unsupported(args: argparse.Namespace, settings: Settings) -> int:
 
     with Redis.from_url(settings.redis_url) as redis:
         found = unsupported_callbacks(redis, merchant=args.merchant, provider=args.provider,
-                                      since=_moment(args.since), until=_moment(args.until))
+                                      since=args.since, until=args.until)
         listed = [f"{entry.merchant} {entry.provider} {entry.callback_id}: {entry.reason}"
                   for entry in found]
         if _listed_only(listed, "unsupported callback", "unsupported callbacks", args.dry_run):
@@ -261,10 +298,9 @@ def _listed_only(listed: list[str], one: str, many: str, dry_run: bool) -> bool:
     return True
 
 
-def _moment(value: str | None) -> float | None:
-    """A time given as ISO 8601 or as an age ("2h": two hours ago), as a Unix time."""
-    if value is None:
-        return None
+def _moment(value: str) -> float:
+    """A time given as ISO 8601 or as an age ("2h": two hours ago), as a Unix time (an
+    argparse type: a bad one is a usage error, told with the option's name)."""
     try:
         return time.time() - parse_duration(value)
     except ValueError:
@@ -272,7 +308,9 @@ def _moment(value: str | None) -> float | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"--since/--until: {value!r} is neither ISO 8601 nor an age") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither a time (ISO 8601: 2026-12-01T10:00) nor an age "
+            "(30m, 2h, 3d)") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 

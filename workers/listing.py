@@ -1,9 +1,15 @@
 """`payhooks events`: the recorded events, newest first, with each hook's delivery state;
-with `--unsupported`, the callbacks acknowledged that gave no event, with the reason."""
+with `--unsupported`, the callbacks acknowledged that gave no event, with the reason.
+
+Events are found by walking the listing (a sorted set by time, kept `DEDUP_SECONDS`) from
+the newest down, a page at a time, keeping those that match every filter, until `limit`
+match: "what happened to order 77" reads at most the window it is given (`--since`)."""
 
 from __future__ import annotations
 
+import fnmatch
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,15 +22,64 @@ from shared.settings import Settings
 from workers.events import wants
 from workers.unsupported import unsupported_callbacks
 
+PAGE = 500  # events read per round trip while filtering
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Every given field must match. `type`: an event type or a pattern (`payment.refund*`);
+    `since`/`until`: Unix times of the event's recording."""
+
+    merchant: str | None = None
+    provider: str | None = None
+    type: str | None = None
+    order: str | None = None
+    payment: str | None = None
+    transaction: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def matches(self, event: PaymentEvent) -> bool:
+        data = event.data
+        return all(wanted is None or wanted == found for wanted, found in (
+            (self.merchant, data.merchant), (self.provider, data.provider),
+            (self.order, data.order_id), (self.payment, data.payment_id),
+            (self.transaction, data.transaction_id),
+        )) and (self.type is None or fnmatch.fnmatchcase(event.type.value, self.type))
+
 
 def recent_events(redis: Redis, merchant: str | None = None, limit: int = 50
                   ) -> list[PaymentEvent]:
     """The newest recorded events (of one merchant, or of all), newest first."""
-    index = merchant_events_key(merchant) if merchant else ALL_EVENTS
-    ids = [raw.decode() if isinstance(raw, bytes) else str(raw)
-           for raw in redis.zrevrange(index, 0, limit - 1)]
-    stored = redis.mget([event_key(event) for event in ids]) if ids else []
-    return [PaymentEvent.model_validate_json(raw) for raw in stored if raw]
+    return find_events(redis, EventFilter(merchant=merchant), limit)
+
+
+def find_events(redis: Redis, where: EventFilter, limit: int = 50) -> list[PaymentEvent]:
+    """The newest recorded events that match, newest first, at most `limit`."""
+    index = merchant_events_key(where.merchant) if where.merchant else ALL_EVENTS
+    top = where.until if where.until is not None else "+inf"
+    bottom = where.since if where.since is not None else "-inf"
+    plain = where == EventFilter(merchant=where.merchant)  # nothing to skip: read what is kept
+    found: list[PaymentEvent] = []
+    offset = 0
+    while len(found) < limit:
+        count = limit - len(found) if plain else PAGE
+        ids = [raw.decode() if isinstance(raw, bytes) else str(raw)
+               for raw in redis.zrevrangebyscore(index, top, bottom, start=offset, num=count)]
+        if not ids:
+            break
+        offset += len(ids)
+        for raw in redis.mget([event_key(event) for event in ids]):
+            if raw:  # else expired since it was listed
+                event = PaymentEvent.model_validate_json(raw)
+                if where.matches(event) and len(found) < limit:
+                    found.append(event)
+    return found
+
+
+def get_event(redis: Redis, event: str) -> PaymentEvent | None:
+    raw = redis.get(event_key(event))
+    return PaymentEvent.model_validate_json(raw) if isinstance(raw, bytes) else None
 
 
 def delivery_states(redis: Redis, settings: Settings, event: PaymentEvent) -> dict[str, str]:
@@ -68,10 +123,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def event_lines(redis: Redis, settings: Settings, merchant: str | None, limit: int,
+def event_lines(redis: Redis, settings: Settings, events: list[PaymentEvent],
                 as_json: bool) -> list[str]:
     lines = []
-    for event in recent_events(redis, merchant, limit):
+    for event in events:
         deliveries = delivery_states(redis, settings, event)
         if as_json:
             record: dict[str, Any] = event.model_dump(mode="json")
@@ -85,6 +140,20 @@ def event_lines(redis: Redis, settings: Settings, merchant: str | None, limit: i
             f"{event.timestamp:%Y-%m-%d %H:%M:%S}  {event.id}  {data.merchant:<12} "
             f"{data.provider:<9} {event.type.value:<28} #{data.sequence:<3} {amount:>14}  "
             f"order {data.order_id or '-'}  [{states}]")
+    return lines
+
+
+def event_detail_lines(redis: Redis, settings: Settings, event: PaymentEvent) -> list[str]:
+    """One event in full: its JSON, then per hook its state and every attempt kept."""
+    lines = [orjson.dumps(event.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode()]
+    for hook, state in delivery_states(redis, settings, event).items():
+        lines.append(f"{hook}: {state}")
+        for raw in redis.lrange(attempts_key(event.id, hook), 0, -1):
+            attempt = orjson.loads(raw)
+            when = datetime.fromtimestamp(attempt["at"], UTC)
+            outcome = attempt.get("error") or f"HTTP {attempt.get('status')}"
+            lines.append(f"  {when:%Y-%m-%d %H:%M:%S}  {outcome:<40} "
+                         f"{attempt.get('duration_ms', 0):>8.1f} ms")
     return lines
 
 
