@@ -80,6 +80,28 @@ def _parser() -> argparse.ArgumentParser:
                         help="instead: callbacks acknowledged that gave no event, with why")
     events.set_defaults(run=_events)
 
+    troubled = commands.add_parser(
+        "callbacks", parents=[config],
+        help="callbacks acknowledged but not done: retrying, failed, rejected, unsupported",
+        description="Callbacks the ingress acknowledged that gave no event yet, newest first, "
+                    "with the reason: retrying (the provider could not answer; with the next "
+                    "try), failed (out of tries), rejected (a permanent answer: unknown "
+                    "transaction, bad credentials), unsupported (nothing payhooks delivers).")
+    troubled.add_argument("--outcome", choices=("retrying", "failed", "rejected", "unsupported"),
+                          help="only callbacks with this outcome")
+    troubled.add_argument("--merchant", metavar="M", help="only this merchant's")
+    troubled.add_argument("--provider", metavar="P", choices=PROVIDER_SECTIONS,
+                          help="only this provider's")
+    troubled.add_argument("--id", metavar="ID", action="append",
+                          help="only this callback (repeatable)")
+    troubled.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    troubled.add_argument("--json", action="store_true", help="one JSON object a line")
+    troubled.add_argument("--retry-now", action="store_true",
+                          help="run the listed callbacks again now, with a fresh retry schedule "
+                               "(after fixing credentials, say); unsupported ones: payhooks "
+                               "replay --unsupported")
+    troubled.set_defaults(run=_callbacks)
+
     replay = commands.add_parser("replay", parents=[config],
                                  help="send dead-lettered deliveries again (same event ids)")
     replay.add_argument("--event", metavar="ID", help="only this event")
@@ -244,6 +266,28 @@ def _events(args: argparse.Namespace) -> int:
                 lines = ["no event matches" if where != listing.EventFilter() else
                          "no event recorded yet (or none in the last 10 days)"]
         for line in lines:
+            print(line)
+    return 0
+
+
+def _callbacks(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from workers import callbacks
+
+    settings = _settings(args)
+    with Redis.from_url(settings.redis_url) as redis:
+        found = callbacks.troubled_callbacks(redis, outcome=args.outcome,
+                                             merchant=args.merchant, provider=args.provider)
+        if args.id:
+            found = [entry for entry in found if entry.callback_id in args.id]
+        if args.retry_now:
+            count = callbacks.retry_now(redis, found)
+            print(f"queued {count} of {len(found)} callbacks to run again now")
+            return 0
+        if not (args.json or args.outcome or args.id):
+            print(callbacks.summary(redis, found))
+        for line in callbacks.callback_lines(redis, found[:args.limit], args.json):
             print(line)
     return 0
 

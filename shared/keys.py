@@ -84,6 +84,16 @@ def provider_in_flight_key(base_url: str) -> str:
     return f"payhooks:inflight:{base_url}"
 
 
+# Callbacks not done (retrying, out of tries, rejected): a sorted set of callback ids by
+# their last try, a hash each with the reason (workers/callbacks.py)
+TROUBLED_CALLBACKS = "payhooks:callbacks"
+TROUBLE_SECONDS = 30 * 86400  # as long as RQ keeps a failed callback job
+
+
+def callback_key(callback_id: str) -> str:
+    return f"payhooks:callback:{callback_id}"
+
+
 # Callbacks that gave no event: a sorted set of callback ids by time, a hash each
 UNSUPPORTED = "payhooks:unsupported"
 

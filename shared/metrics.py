@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,6 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 from redis import Redis
+from redis.client import Pipeline
 
 from shared.keys import METRICS
 
@@ -50,6 +51,11 @@ class Batch:
     def __init__(self) -> None:
         self._counts: list[tuple[str, int]] = []
         self._sums: list[tuple[str, float]] = []
+        self._also: list[Callable[[Pipeline], None]] = []
+
+    def also(self, commands: Callable[[Pipeline], None]) -> None:
+        """Send these commands (added to the pipeline) in the same round trip."""
+        self._also.append(commands)
 
     def count(self, name: str, *labels: str, amount: int = 1) -> None:
         self._counts.append((_field(name, labels), amount))
@@ -59,16 +65,19 @@ class Batch:
         self._sums.append((_field(f"{name}:sum", labels), seconds))
 
     def send(self, redis: Redis) -> None:
-        if not (self._counts or self._sums):
+        if not (self._counts or self._sums or self._also):
             return
         pipe = redis.pipeline(transaction=False)
         for field, amount in self._counts:
             pipe.hincrby(METRICS, field, amount)
         for field, seconds in self._sums:
             pipe.hincrbyfloat(METRICS, field, seconds)
+        for commands in self._also:
+            commands(pipe)
         pipe.execute()
         self._counts.clear()
         self._sums.clear()
+        self._also.clear()
 
 
 def families(stored: Mapping[bytes, bytes], dead: int, paused: int,

@@ -40,8 +40,8 @@ from shared.errors import (
     UnsupportedEvent,
 )
 from shared.models import Callback
+from workers import callbacks, unsupported
 from workers import runtime as runtimes
-from workers import unsupported
 from workers.events import record
 
 log = structlog.get_logger("payhooks.worker")
@@ -137,5 +137,21 @@ def _retry_next(seconds: float | None, free: bool) -> None:
 def _done(batch: metrics.Batch, callback: Callback, outcome: str, started: float,
           level: str = "info", **fields: Any) -> None:
     batch.count("callbacks_processed", callback.provider, outcome)
+    _keep(batch, callback, outcome, fields.get("reason"))
     getattr(log, level)("callback_processed", outcome=outcome,
                         duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
+
+
+def _keep(batch: metrics.Batch, callback: Callback, outcome: str, reason: str | None) -> None:
+    """Record a callback that is not done, with why (workers/callbacks.py); forget it once
+    done, if it was recorded."""
+    kept = {"retry": callbacks.RETRYING, "rejected": callbacks.REJECTED}.get(outcome, outcome)
+    job = get_current_job()
+    if kept == callbacks.RETRYING and job is not None and not job.retries_left:
+        kept = callbacks.FAILED  # no try left: RQ moves it to its failed registry
+    if kept in callbacks.NOT_DONE:
+        if job is not None:
+            job.meta[callbacks.META] = 1  # saved by RQ with the job, as it reschedules it
+    elif job is not None and not job.meta.get(callbacks.META):
+        return  # done at its first try: nothing was recorded, nothing to forget
+    batch.also(lambda pipe: callbacks.note(pipe, callback, kept, reason))
