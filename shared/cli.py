@@ -102,6 +102,33 @@ def _parser() -> argparse.ArgumentParser:
                                "replay --unsupported")
     troubled.set_defaults(run=_callbacks)
 
+    hooks = commands.add_parser(
+        "hooks", parents=[config], help="merchant hooks with their health; pause, resume",
+        description="Each configured hook's health: healthy, failing, paused (by the workers "
+                    "after failures in a row, or by hand), deliveries by outcome, the last "
+                    "failure and the dead letters waiting. `resume` ends a pause and sends the "
+                    "hook's waiting deliveries now.")
+    hooks.add_argument("--merchant", metavar="M", help="only this merchant's hooks")
+    hooks.add_argument("--json", action="store_true", help="one JSON object a line")
+    hook_actions = hooks.add_subparsers(dest="action", metavar="ACTION")
+    hook_pause = hook_actions.add_parser(
+        "pause", parents=[config], help="attempt no delivery to this hook until resumed")
+    hook_pause.add_argument("hook", metavar="MERCHANT/HOOK")
+    hook_pause.add_argument("--for", dest="duration", metavar="DURATION", type=_duration,
+                            help="resume by itself after this long (30m, 2h); default: never")
+    hook_resume = hook_actions.add_parser(
+        "resume", parents=[config],
+        help="end its pause, forget its failures, send its waiting deliveries now")
+    hook_resume.add_argument("hook", metavar="MERCHANT/HOOK")
+    hooks.set_defaults(run=_hooks)
+
+    resend = commands.add_parser(
+        "resend", parents=[config],
+        help="deliver an event again to its hooks (same event id), whatever happened before")
+    resend.add_argument("event", metavar="EVENT", help="the event id (evt_...)")
+    resend.add_argument("--hook", metavar="ID", help="only to this hook of the merchant")
+    resend.set_defaults(run=_resend)
+
     replay = commands.add_parser("replay", parents=[config],
                                  help="send dead-lettered deliveries again (same event ids)")
     replay.add_argument("--event", metavar="ID", help="only this event")
@@ -292,6 +319,68 @@ def _callbacks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hooks(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from workers import hooks
+
+    settings = _settings(args)
+    with Redis.from_url(settings.redis_url) as redis:
+        if args.action is None:
+            found = hooks.health(redis, settings, args.merchant)
+            for entry in found:
+                print(_json_line(entry.as_json()) if args.json else hooks.describe(entry))
+            if not found and not args.json:
+                print("no hook configured" + (f" for {args.merchant}" if args.merchant else ""))
+            return 0
+        try:
+            merchant, hook = hooks.find_hook(settings, args.hook)
+        except ValueError as exc:
+            print(f"payhooks hooks: {exc}", file=sys.stderr)
+            return 2
+        if args.action == "pause":
+            hooks.pause(redis, merchant, hook.id, args.duration)
+            until = f"for {args.duration:.0f} s" if args.duration else "until resumed"
+            print(f"paused {merchant}/{hook.id} {until}: its deliveries wait, none is lost")
+        else:
+            count = hooks.resume(redis, merchant, hook.id)
+            print(f"resumed {merchant}/{hook.id}: {count} waiting "
+                  f"{'delivery' if count == 1 else 'deliveries'} due now")
+    return 0
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import orjson
+
+    return orjson.dumps(record).decode()
+
+
+def _resend(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from workers.listing import get_event
+    from workers.replay import resend
+
+    settings = _settings(args)
+    with Redis.from_url(settings.redis_url) as redis:
+        event = get_event(redis, args.event)
+        if event is None:
+            print(f"payhooks resend: no event {args.event} (unknown, or older than the 10 days "
+                  "events are kept; a dead letter's copy: payhooks replay --event)",
+                  file=sys.stderr)
+            return 1
+        try:
+            done = resend(redis, settings, event, args.hook)
+        except ValueError as exc:
+            print(f"payhooks resend: {exc}", file=sys.stderr)
+            return 2
+    if not done:
+        print(f"no hook of {event.data.merchant} takes {event.type.value} events")
+    for hook, what in done.items():
+        print(f"{event.id} -> {event.data.merchant}/{hook}: {what}")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from redis import Redis
 
@@ -340,6 +429,15 @@ def _listed_only(listed: list[str], one: str, many: str, dry_run: bool) -> bool:
     print(f"{len(listed)} {one if len(listed) == 1 else many}"
           f"{' to replay' if dry_run else ' match'}")
     return True
+
+
+def _duration(value: str) -> float:
+    """A duration ("30m", "2h") in seconds (an argparse type)."""
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (30s, 30m, 2h, 3d)"
+                                         ) from None
 
 
 def _moment(value: str) -> float:

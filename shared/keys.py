@@ -58,7 +58,8 @@ def dead_letter_parts(member: str) -> tuple[str, str, str] | None:
 
 
 # Hooks: a hash of each hook's health (`failures` in a row, `trips`, `paused_until` by
-# Redis's clock), the lock of the one attempt made to a failing hook, its places in flight
+# Redis's clock, `manual` for a pause by hand, `last_error`, `last_failure_at`), the lock
+# of the one attempt made to a failing hook, its places in flight
 def hook_key(merchant: str, hook: str) -> str:
     return f"payhooks:hook:{merchant}:{hook}"
 

@@ -433,14 +433,20 @@ def netaxept_callback(transaction_id: str) -> dict[str, Any]:
 OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1rZXktMTIzNDU2"  # base64 of a 21-byte key
 
 
-def settings_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any) -> Settings:
+def config_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any
+               ) -> dict[str, Any]:
     """shop-eu's hooks at the endpoint: orders (two secrets, rotating) and refunds."""
     config = worker_config(redis_url, sims_url)
     config["delivery"].update(delivery)
     orders, refunds = config["merchants"]["shop-eu"]["hooks"]
     orders.update(url=f"{endpoint_url}/orders", secret=[HOOK_SECRET, OLD_SECRET])
     refunds.update(url=f"{endpoint_url}/refunds")
-    return settings_from_dict(config, environ={})
+    return config
+
+
+def settings_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any) -> Settings:
+    return settings_from_dict(config_for(redis_url, sims_url, endpoint_url, **delivery),
+                              environ={})
 
 
 def work(runtime: Runtime) -> None:

@@ -67,6 +67,7 @@ from shared.keys import (
 from shared.models import FINAL_STATES, DeliveryState
 from shared.settings import DeliverySettings, HookSettings
 from workers import runtime as runtimes
+from workers.events import LOOK_AGAIN
 
 log = structlog.get_logger("payhooks.delivery")
 RESPONSE_LIMIT = 16 * 1024
@@ -264,7 +265,8 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
                    attempts=number)
         log.info("event_delivered", **outcome)
         return {"state": DeliveryState.DELIVERED.value, **outcome}
-    note_failure(redis, merchant, hook, settings)
+    note_failure(redis, merchant, hook, settings,
+                 error=attempt.error or f"HTTP {attempt.status}")
     job = get_current_job()
     if job is not None and job.retries_left:
         delay = _next_delay(settings.retry_schedule, number, attempt.retry_after)
@@ -324,19 +326,22 @@ def dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: 
 
 
 def note_failure(redis: Redis, merchant: str, hook: HookSettings,
-                  settings: DeliverySettings) -> None:
-    """Count a failure in a row; pause the hook when there are `pause_after` of them."""
+                 settings: DeliverySettings, error: str = "") -> None:
+    """Count a failure in a row, with what it was; pause the hook when there are
+    `pause_after` of them."""
     key = hook_key(merchant, hook.id)
     pipe = redis.pipeline(transaction=False)
+    pipe.hset(key, mapping={"last_error": error[:200], "last_failure_at": time.time()})
     pipe.hincrby(key, "failures", 1)
     pipe.expire(key, int(settings.history))
     pipe.hexists(key, "paused_until")  # a failed probe pauses it again at once
     pipe.time()
-    failures, _, was_paused, now = pipe.execute()
+    _, failures, _, was_paused, now = pipe.execute()
     if int(failures) >= settings.pause_after or was_paused:
         trips = int(redis.hincrby(key, "trips", 1))
         pause = min(PAUSE_FIRST * 2 ** (trips - 1), PAUSE_MAX)
-        redis.hset(key, mapping={"paused_until": from_reply(now) + pause, "failures": 0})
+        redis.hset(key, mapping={"paused_until": from_reply(now) + pause, "failures": 0,
+                                 "manual": 0})
         redis.sadd(PAUSED_HOOKS, f"{merchant}/{hook.id}")
         log.warning("hook_paused", pause_s=pause, trips=trips)
 
@@ -354,8 +359,8 @@ def wait_if_paused(redis: Redis, merchant: str, hook: HookSettings,
     fields, reply = pipe.execute()
     paused_until, failures = (float(value or 0) for value in fields)
     now = from_reply(reply)
-    if now < paused_until:
-        _defer(paused_until - now + random.uniform(0, 5))  # noqa: S311 - spread the wake-ups
+    if now < paused_until:  # a pause by hand may be long: look again at least hourly
+        _defer(min(paused_until - now, LOOK_AGAIN) + random.uniform(0, 5))  # noqa: S311
     if not (paused_until or failures):
         return False
     if not redis.set(hook_probe_key(merchant, hook.id), 1, nx=True,

@@ -53,6 +53,9 @@ DELIVERY_FAILED = "workers.delivery.delivery_failed"
 # Facts of one payment recorded in one transaction: an answer listing 100,000 transactions
 # made one WATCH/MGET block Redis for 47 s; in slices, each Redis call stays small.
 FACTS_PER_TRANSACTION = 256
+# The longest a delivery waits for a paused hook before it looks again (a pause by hand
+# lasts until resumed; `payhooks hooks resume` brings the waiting ones forward at once)
+LOOK_AGAIN = 3600.0
 
 
 def event_id(merchant: str, provider: str, fact: Fact) -> str:
@@ -97,7 +100,8 @@ def _paused_hooks(redis: Redis, merchant: str, hooks: Sequence[HookSettings]
         pipe.hget(hook_key(merchant, hook.id), "paused_until")
     reply, *pauses = pipe.execute()
     now = from_reply(reply)
-    return {hook.id: float(until) for hook, until in zip(hooks, pauses, strict=True)
+    return {hook.id: min(float(until), now + LOOK_AGAIN)
+            for hook, until in zip(hooks, pauses, strict=True)
             if until is not None and float(until) > now}, now
 
 

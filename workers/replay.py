@@ -1,4 +1,5 @@
-"""`payhooks replay`: send dead-lettered deliveries again, under the same event id.
+"""`payhooks replay`: send dead-lettered deliveries again, under the same event id; and
+`payhooks resend`: send one event again, whatever its deliveries ended as.
 
 A dead letter is a delivery job that used up its retry schedule (workers/delivery.py). It
 stays in RQ's failed registry and in `payhooks:dead`, a sorted set of
@@ -18,15 +19,16 @@ from dataclasses import dataclass
 from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.registry import FailedJobRegistry
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from shared.keys import DEAD_LETTERS, dead_letter_member, dead_letter_parts, delivery_key
-from shared.models import DeliveryState
+from shared.models import DeliveryState, PaymentEvent
 from shared.queue import DELIVERIES
 from shared.settings import Settings
-from workers.events import DELIVER_EVENT, delivery_job_id, delivery_job_options
+from workers.events import DELIVER_EVENT, delivery_job_id, delivery_job_options, wants
+from workers.hooks import bring_forward
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,36 +65,69 @@ def dead_letters(redis: Redis, *, event: str | None = None, hook: str | None = N
 def replay(redis: Redis, settings: Settings, letters: list[DeadLetter],
            progress: Callable[[int, int], None] | None = None) -> int:
     """Queue these dead letters for delivery again; how many were queued."""
-    queue = Queue(DELIVERIES, connection=redis, serializer=JSONSerializer)
-    failed = FailedJobRegistry(DELIVERIES, connection=redis, serializer=JSONSerializer)
-    schedule = [int(step) for step in settings.delivery.retry_schedule]
     replayed = 0
     for done, letter in enumerate(letters, 1):
         if redis.zrem(DEAD_LETTERS, letter.member):  # else another replay took it
-            _requeue(redis, queue, failed, letter, schedule)
+            requeue_delivery(redis, settings, letter.event, letter.merchant, letter.hook)
             replayed += 1
         if progress is not None:
             progress(done, len(letters))
     return replayed
 
 
-def _requeue(redis: Redis, queue: Queue, failed: FailedJobRegistry, letter: DeadLetter,
-             schedule: list[int]) -> None:
-    job_id = delivery_job_id(letter.event, letter.hook)
-    redis.hset(delivery_key(letter.event, letter.hook),
-               mapping={"state": DeliveryState.QUEUED.value, "replayed_at": time.time()})
+def requeue_delivery(redis: Redis, settings: Settings, event: str, merchant: str, hook: str
+                     ) -> None:
+    """Put the delivery's job back on `deliveries` under its own id, with a fresh retry
+    schedule, whatever it ended as (delivered, dead, dropped); made again if RQ's copy
+    is gone."""
+    schedule = [int(step) for step in settings.delivery.retry_schedule]
+    job_id = delivery_job_id(event, hook)
+    queue = Queue(DELIVERIES, connection=redis, serializer=JSONSerializer)
+    redis.hset(delivery_key(event, hook), mapping={
+        "state": DeliveryState.QUEUED.value, "replayed_at": time.time(), "merchant": merchant})
     try:
         job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    except NoSuchJobError:  # RQ's copy expired (failure_ttl): make the same job again
+    except NoSuchJobError:  # RQ's copy expired (result_ttl, failure_ttl): make it again
         options = delivery_job_options(schedule)
-        queue.enqueue(DELIVER_EVENT, letter.event, letter.merchant, letter.hook, job_id=job_id,
+        queue.enqueue(DELIVER_EVENT, event, merchant, hook, job_id=job_id,
                       job_timeout=options.pop("timeout"), **options)
         return
-    failed.remove(job)
+    for registry in (FailedJobRegistry, FinishedJobRegistry):
+        redis.zrem(registry.key_template.format(DELIVERIES), job_id)
     job.retries_left = len(schedule)
     job.retry_intervals = schedule
     job.save()
     queue.enqueue_job(job)
+
+
+def resend(redis: Redis, settings: Settings, event: PaymentEvent, hook: str | None = None
+           ) -> dict[str, str]:
+    """Deliver the event again to each hook that takes it (or to this one), under the same
+    event id: what was done for each hook. A delivery on its way already is not doubled:
+    one waiting for a retry or a pause is made due now instead."""
+    merchant = event.data.merchant
+    configured = settings.merchants[merchant].hooks if merchant in settings.merchants else ()
+    targets = [h.id for h in configured if wants(h, event.type.value) and hook in (None, h.id)]
+    if hook is not None and not targets:
+        known = ", ".join(h.id for h in configured if wants(h, event.type.value)) or "none"
+        raise ValueError(f"{merchant} has no hook {hook!r} that takes {event.type.value} "
+                         f"events (hooks that do: {known})")
+    done = {}
+    for target in targets:
+        try:
+            status = Job.fetch(delivery_job_id(event.id, target), connection=redis,
+                               serializer=JSONSerializer).get_status()
+        except NoSuchJobError:
+            status = None
+        if status in (JobStatus.QUEUED, JobStatus.STARTED):
+            done[target] = "on its way already"
+        elif status == JobStatus.SCHEDULED and bring_forward(redis, merchant, target, event.id):
+            done[target] = "was waiting, due now"
+        else:
+            redis.zrem(DEAD_LETTERS, dead_letter_member(merchant, event.id, target))
+            requeue_delivery(redis, settings, event.id, merchant, target)
+            done[target] = "queued"
+    return done
 
 
 def text_progress(done: int, total: int) -> None:
