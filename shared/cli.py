@@ -152,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--simulators-port", type=int, default=8090)
     dev.add_argument("--merchant-port", type=int, default=8091)
     dev.add_argument("--dashboard-port", type=int, default=9181)
+    dev.add_argument("--redis-port", type=int, default=6390,
+                     help="port of the Redis it starts (default 6390)")
+    dev.add_argument("--redis-url", metavar="URL",
+                     help="use this Redis instead of starting one (also: $PAYHOOKS_REDIS_URL)")
+    dev.add_argument("--forward-to", metavar="URL",
+                     help="also deliver every event, signed, to this URL (your app); the "
+                          "secret to verify with is printed, and kept between runs")
     dev.add_argument("--workers", type=int, default=2)
     dev.set_defaults(run=_dev)
 
@@ -479,8 +486,10 @@ def _dev(args: argparse.Namespace) -> int:
     dev = _sandbox("dev")
 
     ports = dev.Ports(ingress=args.port, simulators=args.simulators_port,
-                      merchant=args.merchant_port, dashboard=args.dashboard_port)
-    return int(dev.run(ports, workers=args.workers))
+                      merchant=args.merchant_port, dashboard=args.dashboard_port,
+                      redis=args.redis_port)
+    return int(dev.run(ports, workers=args.workers, redis_url=args.redis_url,
+                       forward_to=args.forward_to))
 
 
 def _simulate(args: argparse.Namespace) -> int:

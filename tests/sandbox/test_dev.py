@@ -4,6 +4,8 @@ each event seen at the sample merchant endpoint, rq-dashboard answering, Ctrl-C 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from standardwebhooks import Webhook
 
 from shared.sandbox.redis_server import free_port
 from shared.sandbox.simulate import simulate
-from tests.helpers import ROOT, secrets_in, wait_until
+from shared.sandbox.simulators.merchant import MerchantEndpoint
+from tests.helpers import HOOK_SECRET, ROOT, secrets_in, wait_until
 
 
 def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
@@ -84,14 +89,20 @@ def test_simulate_with_nothing_listening_says_what_to_start(provider: str, missi
     assert "Traceback" not in done.stderr + done.stdout
 
 
-def start_dev(tmp_path: Path, redis_url: str, ports: dict[str, int]
+def start_dev(tmp_path: Path, redis_url: str | None, ports: dict[str, int], *options: str
               ) -> tuple[subprocess.Popen[str], list[str]]:
+    """`payhooks dev` in `tmp_path`, on these ports; with `redis_url` None, on a Redis of
+    its own (at ports["redis"])."""
+    env = {k: v for k, v in os.environ.items() if k != "PAYHOOKS_REDIS_URL"}
+    if redis_url is not None:
+        env["PAYHOOKS_REDIS_URL"] = redis_url
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["ingress"]),
          "--simulators-port", str(ports["simulators"]), "--merchant-port",
-         str(ports["merchant"]), "--dashboard-port", str(ports["dashboard"]), "--workers", "1"],
+         str(ports["merchant"]), "--dashboard-port", str(ports["dashboard"]), "--workers", "1",
+         *(["--redis-port", str(ports["redis"])] if "redis" in ports else []), *options],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
+        env={**env, "PYTHONPATH": str(ROOT)})
     output: list[str] = []
     stdout = process.stdout
     assert stdout is not None
@@ -130,3 +141,66 @@ def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path, redis_url:
            "--merchant-port N" in text
     assert "payhooks dev is up" not in text and "Traceback" not in text
     assert not any(listening(port) for port in ports.values())
+
+
+def test_dev_has_its_own_redis_keeps_an_edited_config_and_forwards_to_your_app(
+        tmp_path: Path) -> None:
+    """Before: db 0 of whatever Redis answered on 6379, the config rewritten at every start
+    (a hook the user added, lost), and no way to deliver to the user's own app."""
+    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard",
+                                            "redis")}
+    config = tmp_path / ".payhooks-dev" / "payhooks.toml"
+    with MerchantEndpoint() as app, MerchantEndpoint() as mine:
+        forward = f"{app.url}/webhooks"
+        process, output = start_dev(tmp_path, None, ports, "--forward-to", forward)
+        try:
+            wait_until_output(lambda: any("payhooks dev is up" in line for line in output),
+                              output)
+            banner = "".join(output)
+            assert f"redis://127.0.0.1:{ports['redis']}/0 (started here" in banner
+            assert redis.Redis(port=ports["redis"]).ping()
+            secret = re.search(r"verify with (whsec_\S+)\)", banner)
+            assert secret is not None and f"forward-to     {forward}" in banner
+            run = re.search(r"try            (.+) simulate ixopay", banner)
+            assert run is not None and (shutil.which(run[1]) or Path(run[1]).exists())
+            assert send(ports, "ixopay") == 0
+            wait_until_output(lambda: len(app.requests_to("/webhooks")) == 1, output)
+            request = app.requests_to("/webhooks")[0]
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            event = Webhook(secret[1]).verify(request.body, headers)
+            assert event["type"] == "payment.captured" and event["data"]["merchant"] == "demo"
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+        assert not listening(ports["redis"])  # it stopped the Redis it started
+        assert list((tmp_path / ".payhooks-dev" / "redis").iterdir())  # its data is kept
+
+        # the user adds a hook of their own: the next start keeps it and delivers to it
+        edited = config.read_text() + (
+            f'\n[[merchants.demo.hooks]]\nid = "mine"\nurl = "{mine.url}/mine"\n'
+            f'secret = "{HOOK_SECRET}"\n')
+        config.write_text(edited)
+        process, output = start_dev(tmp_path, None, ports, "--forward-to", forward)
+        try:
+            wait_until_output(lambda: any("payhooks dev is up" in line for line in output),
+                              output)
+            assert f"verify with {secret[1]})" in "".join(output)  # the same secret
+            assert send(ports, "payex") == 0
+            wait_until_output(lambda: len(mine.requests_to("/mine")) >= 1, output)
+            wait_until_output(lambda: len(app.requests_to("/webhooks")) >= 2, output)
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+        assert config.read_text() == edited
+
+    # an edited file that says other ports than asked for is not silently overruled
+    process, output = start_dev(tmp_path, None, {**ports, "ingress": free_port()})
+    assert process.wait(timeout=30) == 2
+    told = "".join(output)
+    assert "was edited, so it is kept" in told and "ports, --forward-to" in told
+    assert config.read_text() == edited
+
+
+def send(ports: dict[str, int], provider: str) -> int:
+    return simulate(provider, ingress=f"http://127.0.0.1:{ports['ingress']}",
+                    simulators=f"http://127.0.0.1:{ports['simulators']}")
