@@ -167,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("provider", choices=PROVIDER_SECTIONS)
     simulate.add_argument("--merchant", default="demo")
     simulate.add_argument("--status", default="captured", choices=STATUSES,
-                          help="what the payment did (default captured)")
+                          help="what the payment did (default captured); chargebacks: "
+                               "IXOPAY only, ifthenpay: captured and refunded")
     simulate.add_argument("--ingress", default="http://127.0.0.1:8080")
     simulate.add_argument("--simulators", default="http://127.0.0.1:8090")
     simulate.add_argument("--config", metavar="PATH",

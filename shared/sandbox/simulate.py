@@ -41,15 +41,27 @@ _PAYEX = {"captured": [("Authorization", "Completed"), ("Capture", "Completed")]
           "failed": [("Authorization", "Failed")]}
 
 
+# what each provider's simulated callback can report (ifthenpay's callbacks report
+# payments and refunds only; only IXOPAY reports chargebacks)
+STATUSES = {"ixopay": tuple(_IXOPAY), "ifthenpay": ("captured", "refunded"),
+            "netaxept": tuple(_NETAXEPT), "payex": tuple(_PAYEX)}
+
+
 def simulate(provider: str, *, merchant: str = "demo", status: str = "captured",
              ingress: str = "http://127.0.0.1:8080", simulators: str = "http://127.0.0.1:8090",
              settings: Settings | None = None) -> int:
     """Send one callback; 0 when the ingress acknowledged it."""
+    if status not in STATUSES[provider]:
+        print(f"simulate: {provider} has no {status!r} callback; it has: "
+              f"{', '.join(STATUSES[provider])}", file=sys.stderr)
+        return 2
+    if settings is not None and getattr(settings.merchants.get(merchant), provider,
+                                        None) is None:
+        print(f"simulate: the configuration has no merchant {merchant!r} with {provider}",
+              file=sys.stderr)
+        return 2
     try:
         callback = _build(provider, merchant, status, simulators, settings)
-    except KeyError:
-        print(f"simulate: {provider} has no {status!r} callback")
-        return 2
     except httpx.TransportError:  # Netaxept's and PayEx's payments live in the simulators
         print(f"simulate: no provider simulators answer at {simulators}: start them with "
               f"`payhooks dev`, or name where they run with --simulators URL", file=sys.stderr)

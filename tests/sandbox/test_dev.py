@@ -204,3 +204,13 @@ def test_dev_has_its_own_redis_keeps_an_edited_config_and_forwards_to_your_app(
 def send(ports: dict[str, int], provider: str) -> int:
     return simulate(provider, ingress=f"http://127.0.0.1:{ports['ingress']}",
                     simulators=f"http://127.0.0.1:{ports['simulators']}")
+
+
+def test_simulate_names_the_statuses_a_provider_has() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "simulate", "netaxept", "--status",
+         "chargeback_reversed"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("simulate: netaxept has no 'chargeback_reversed' callback; "
+                                   "it has: captured, authorized, pending, refunded, voided, "
+                                   "failed")
