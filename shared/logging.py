@@ -14,6 +14,7 @@ ingress calls twice a second and at exit: a line is at most half a second late.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -103,7 +104,10 @@ def configure_logging(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
     else:
-        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        # colours only for a terminal: a file or a pipe gets plain text (and NO_COLOR wins)
+        colors = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback)
     global _logger
     _logger.flush()
     _logger = logger = _StdoutLogger(buffered)

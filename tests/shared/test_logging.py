@@ -3,6 +3,8 @@ with file, line and function only, since locals may hold settings, keys and bodi
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 import structlog
@@ -36,3 +38,21 @@ def test_logged_tracebacks_leave_out_local_variables(
     if format == "json":
         line = orjson.loads(out.strip().splitlines()[-1])
         assert line["exception"][0]["frames"][-1]["name"] == "fail_holding_a_secret"
+
+
+def test_console_lines_are_plain_text_when_written_to_a_file_or_a_pipe(tmp_path: Any) -> None:
+    """Before: ANSI colour codes in `payhooks dev > dev.log`."""
+    import subprocess
+    import sys
+
+    script = ("from shared.logging import configure_logging\n"
+              "from shared.settings import LoggingSettings\n"
+              "import structlog\n"
+              "configure_logging(LoggingSettings(format='console'))\n"
+              "structlog.get_logger('payhooks.test').warning('event_delivered', hook='orders')\n")
+    log = tmp_path / "dev.log"
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-c", script], stdout=out, check=True, timeout=60)
+    text = log.read_text()
+    assert "event_delivered" in text and "hook=orders" in text
+    assert "\x1b[" not in text
