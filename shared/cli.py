@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     ingress.add_argument("--port", type=int, help="override [ingress] port")
     ingress.set_defaults(run=_ingress)
 
+    console = commands.add_parser(
+        "console", parents=[config],
+        help="the web console and admin API for operators and merchants (127.0.0.1:9180)")
+    console.add_argument("--host", help="override [console] host")
+    console.add_argument("--port", type=int, help="override [console] port")
+    console.set_defaults(run=_console)
+
     worker = commands.add_parser(
         "worker", parents=[config],
         help="an RQ worker on the callbacks and deliveries queues, with the scheduler")
@@ -265,6 +272,13 @@ def _ingress(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+def _console(args: argparse.Namespace) -> int:
+    from console.server import serve
+
+    serve(_settings(args), host=args.host, port=args.port)
     return 0
 
 

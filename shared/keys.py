@@ -104,5 +104,17 @@ def unsupported_key(callback_id: str) -> str:
 
 
 METRICS = "payhooks:metrics"  # the workers' counters and histograms (shared.metrics)
+MINUTE_SECONDS = 2 * 3600  # the per-minute counts the console charts, kept two hours
+
+
+def minute_key(minute: int) -> str:
+    """Callbacks and deliveries by outcome in one minute (Unix time // 60), for the console."""
+    return f"payhooks:minute:{minute}"
+
+
+def console_session_key(digest: str) -> str:
+    """A console sign-in, by the SHA-256 of its cookie (the cookie itself is not stored)."""
+    return f"payhooks:console:session:{digest}"
+
 READY_PROBE = "payhooks:probe:ready"  # the ingress's /readyz writes it
 WRITE_PROBE = "payhooks:probe:write"  # a worker waiting for Redis to take writes writes it

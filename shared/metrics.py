@@ -9,6 +9,7 @@ bounded by the configuration.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +23,9 @@ from prometheus_client.core import (
 from redis import Redis
 from redis.client import Pipeline
 
-from shared.keys import METRICS
+from shared.keys import METRICS, MINUTE_SECONDS, minute_key
+
+PER_MINUTE = ("callbacks_processed", "deliveries")  # charted by the console, by outcome
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COUNTERS = {
@@ -68,8 +71,16 @@ class Batch:
         if not (self._counts or self._sums or self._also):
             return
         pipe = redis.pipeline(transaction=False)
+        minute = minute_key(int(time.time() // 60))
+        charted = False
         for field, amount in self._counts:
             pipe.hincrby(METRICS, field, amount)
+            name, *labels = field.split("|")
+            if name in PER_MINUTE:  # the outcome is the last label
+                pipe.hincrby(minute, f"{name}|{labels[-1]}", amount)
+                charted = True
+        if charted:
+            pipe.expire(minute, MINUTE_SECONDS)
         for field, seconds in self._sums:
             pipe.hincrbyfloat(METRICS, field, seconds)
         for commands in self._also:

@@ -41,6 +41,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 Id = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+# a console token: long enough not to be guessed (`openssl rand -hex 24` gives 48)
+ConsoleToken = Annotated[SecretStr, Field(min_length=24)]
 
 
 def parse_duration(value: object) -> float:
@@ -215,6 +217,8 @@ class MerchantSettings(_Section):
     netaxept: NetaxeptSettings | None = None
     payex: PayexSettings | None = None
     hooks: tuple[HookSettings, ...] = ()
+    # tokens that open this merchant's own view of the console (`payhooks console`), by name
+    console_tokens: dict[Id, ConsoleToken] = {}
 
     @field_validator("hooks")
     @classmethod
@@ -257,6 +261,14 @@ class DeliverySettings(_Section):
     max_in_flight_per_hook: int = Field(default=4, ge=1)
 
 
+class ConsoleSettings(_Section):
+    host: str = "127.0.0.1"  # the console is for operators: never the ingress's public port
+    port: int = Field(default=9180, ge=1, le=65535)
+    # operator tokens (every merchant), by name: the name is who did each action in the log
+    tokens: dict[Id, ConsoleToken] = {}
+    session: Duration = 8 * 3600.0  # how long a sign-in to the pages lasts
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -269,6 +281,7 @@ class Settings(_Section):
     ingress: IngressSettings = IngressSettings()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
+    console: ConsoleSettings = ConsoleSettings()
     merchants: dict[Id, MerchantSettings] = {}
 
 
@@ -376,6 +389,10 @@ def _plain(error: Any, location: tuple[str | int, ...]) -> str:
         return f"expected one of {context.get('expected', '')}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return str(error["msg"]).lower().replace("input should be", "expected a value")
+    tokens = location[:2] == ("console", "tokens") or location[2:3] == ("console_tokens",)
+    if kind == "too_short" and tokens:
+        return (f"a console token needs at least {context.get('min_length', 24)} "
+                "characters (openssl rand -hex 24)")
     if kind in _PLAIN_TYPES:
         return _PLAIN_TYPES[kind]
     return str(error["msg"]).removeprefix("Value error, ")

@@ -71,6 +71,7 @@ from workers.events import LOOK_AGAIN
 
 log = structlog.get_logger("payhooks.delivery")
 RESPONSE_LIMIT = 16 * 1024
+ANSWER_KEPT = 200  # bytes of a hook's answer kept with the attempt
 PAUSE_FIRST, PAUSE_MAX = 60.0, 3600.0
 RETRY_AFTER_BOUNDS = (1.0, 86400.0)
 
@@ -82,6 +83,7 @@ class Attempt:
     error: str | None
     duration_ms: float
     retry_after: float | None = None
+    answer: str | None = None  # the first bytes of the hook's answer, for the console
 
     @property
     def ok(self) -> bool:
@@ -201,6 +203,13 @@ def _client(settings: DeliverySettings) -> httpx.Client:
     return _clients[key]
 
 
+def send_once(settings: DeliverySettings, hook: HookSettings, event_id: str, body: bytes
+              ) -> Attempt:
+    """One signed POST of `body` to the hook, as an attempt is made, recorded nowhere: the
+    console's "send a test event"."""
+    return _attempt(_client(settings), hook, event_id, body, settings.timeout)
+
+
 def _event_body(redis: Redis, event_id: str, hook_id: str) -> bytes | None:
     """The event's JSON as recorded; after the dedup window, the dead letter's copy."""
     body = redis.get(event_key(event_id)) or redis.hget(delivery_key(event_id, hook_id), "event")
@@ -213,6 +222,7 @@ def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: byte
     answer is cut off then, and the attempt is a timeout like any other)."""
     started = time.time()
     status, error, retry_after = None, None, None
+    first = b""
     try:
         headers = signed_headers(hook, event_id, body, started)
         with deadline(timeout), client.stream("POST", str(hook.url), content=body,
@@ -220,6 +230,7 @@ def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: byte
             received = 0
             for chunk in response.iter_raw():
                 received += len(chunk)
+                first = first or chunk[:ANSWER_KEPT]
                 if received >= RESPONSE_LIMIT:
                     break
             status = response.status_code
@@ -231,7 +242,7 @@ def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: byte
     except httpx.HTTPError as exc:
         error = exc.__class__.__name__
     return Attempt(started, status, error, round((time.time() - started) * 1000, 1),
-                   retry_after)
+                   retry_after, first.decode("utf-8", "replace") if first else None)
 
 
 def _settle(redis: Redis, merchant: str, hook: HookSettings, event_id: str, body: bytes,
@@ -295,7 +306,7 @@ def _record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
     """Record the attempt and give back its place among the hook's attempts in flight."""
     key = attempts_key(event_id, hook_id)
     entry = orjson.dumps({"at": attempt.at, "status": attempt.status, "error": attempt.error,
-                          "duration_ms": attempt.duration_ms})
+                          "duration_ms": attempt.duration_ms, "answer": attempt.answer})
     pipe = redis.pipeline()
     pipe.rpush(key, entry)
     pipe.expire(key, int(settings.history))
