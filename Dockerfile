@@ -7,6 +7,7 @@ COPY .ci/constraints.txt .ci/constraints.txt
 COPY ingress ingress
 COPY workers workers
 COPY shared shared
+COPY console console
 # production only: the sandbox (payhooks dev, simulate, the simulators) stays out, as do
 # the tests, benchmarks and chaos, which are not copied
 RUN rm -rf shared/sandbox \

@@ -159,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--simulators-port", type=int, default=8090)
     dev.add_argument("--merchant-port", type=int, default=8091)
     dev.add_argument("--dashboard-port", type=int, default=9181)
+    dev.add_argument("--console-port", type=int, default=9180)
     dev.add_argument("--redis-port", type=int, default=6390,
                      help="port of the Redis it starts (default 6390)")
     dev.add_argument("--redis-url", metavar="URL",
@@ -502,7 +503,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     ports = dev.Ports(ingress=args.port, simulators=args.simulators_port,
                       merchant=args.merchant_port, dashboard=args.dashboard_port,
-                      redis=args.redis_port)
+                      console=args.console_port, redis=args.redis_port)
     return int(dev.run(ports, workers=args.workers, redis_url=args.redis_url,
                        forward_to=args.forward_to))
 

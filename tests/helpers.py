@@ -288,7 +288,7 @@ def _test_configs() -> list[Settings]:
     workers["merchants"]["other-shop"] = OTHER_SHOP
     sample = tomllib.loads(dev.SAMPLE_CONFIG.format(
         ports=dev.Ports(), hook_secret=dev.DEMO_HOOK_SECRET, secrets=dev.DEMO_SECRETS,
-        redis_url=unused))
+        redis_url=unused, console_token=dev.DEMO_CONSOLE_TOKEN))
     return [settings_from_dict(raw, environ={}) for raw in (
         {"redis_url": unused, "merchants": MERCHANT_CONFIG}, workers, sample)]
 

@@ -70,5 +70,5 @@ def test_the_example_configuration_loads_and_shows_every_section() -> None:
     assert set(loaded.merchants["shop-eu"].providers()) == set(settings.PROVIDER_SECTIONS)
     text = example.read_text()
     for key in [*settings.IngressSettings.model_fields, *settings.DeliverySettings.model_fields,
-                *settings.LoggingSettings.model_fields]:
+                *settings.LoggingSettings.model_fields, *settings.ConsoleSettings.model_fields]:
         assert re.search(rf"^#? ?{key} = ", text, flags=re.M), key

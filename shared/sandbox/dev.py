@@ -6,9 +6,10 @@ PATH, Debian's package when root, or the `embedded-redis` extra), keeping its da
 one given by `--redis-url` (or `PAYHOOKS_REDIS_URL`). The banner says which.
 
 Then, as child processes sharing this terminal: the provider simulators, a sample merchant
-endpoint that prints every event it receives, the ingress, two workers and (with the `dev`
-extra) rq-dashboard. The sample configuration has a merchant `demo` with all four
-providers pointed at the simulators and one hook at the sample endpoint; with
+endpoint that prints every event it receives, the ingress, two workers, the console
+(`payhooks console`, with the token `dev` of the configuration) and (with the `dev` extra)
+rq-dashboard. The sample configuration has a merchant `demo` with all four providers
+pointed at the simulators and one hook at the sample endpoint; with
 `--forward-to URL`, a second hook delivers every event, signed, to that URL (the user's own
 app), with a secret kept between runs and printed to verify with.
 
@@ -56,6 +57,7 @@ DEMO_SECRETS = {
     "DEMO_PAYEX_TOKEN": "demo-payex-token",
 }
 DEMO_HOOK_SECRET = "whsec_ZGVtby1ob29rLXNlY3JldC1rZXk="  # noqa: S105 - the demo's, published
+DEMO_CONSOLE_TOKEN = "demo-console-token-for-trying-it-out"  # noqa: S105 - published too
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Ports:
     simulators: int = 8090
     merchant: int = 8091
     dashboard: int = 9181
+    console: int = 9180
     redis: int = 6390  # of the Redis it starts (none with --redis-url)
 
 
@@ -78,6 +81,10 @@ port = {ports.ingress}
 
 [logging]
 format = "console"
+
+[console]
+port = {ports.console}
+tokens = {{ dev = "{console_token}" }}   # sign in to the console with it
 
 [delivery]
 allow_private_networks = true   # the sample endpoint is on 127.0.0.1
@@ -134,7 +141,8 @@ class Written:
 
 def sample_config(written: Written) -> str:
     text = SAMPLE_CONFIG.format(ports=written.ports, hook_secret=DEMO_HOOK_SECRET,
-                                secrets=DEMO_SECRETS, redis_url=written.redis_url)
+                                secrets=DEMO_SECRETS, redis_url=written.redis_url,
+                                console_token=DEMO_CONSOLE_TOKEN)
     if written.forward_to:
         text += FORWARD_HOOK.format(url=written.forward_to, secret=written.forward_secret)
     return text
@@ -201,6 +209,7 @@ def register_demo(simulators_url: str) -> None:
 
 PORT_OPTIONS = {"ingress": "--port", "simulators": "--simulators-port",
                 "merchant": "--merchant-port", "dashboard": "--dashboard-port",
+                "console": "--console-port",
                 "redis": "--redis-port"}
 
 
@@ -264,10 +273,13 @@ def run(ports: Ports | None = None, workers: int = 2, redis_url: str | None = No
         for _ in range(workers):
             processes.append(_start([python, "-m", "shared.cli", "worker", "--config",
                                      str(config)], env))
+        processes.append(_start([python, "-m", "shared.cli", "console", "--config",
+                                 str(config)], env))
         dashboard = _start_dashboard(wanted.redis_url, ports.dashboard, env)
         if dashboard is not None:
             processes.append(dashboard)
         _wait_for(f"http://127.0.0.1:{ports.ingress}/healthz")
+        _wait_for(f"http://127.0.0.1:{ports.console}/healthz")
         _print_urls(ports, wanted, config, dashboard is not None)
         return _wait(processes)
     return 0
@@ -351,6 +363,8 @@ def _print_urls(ports: Ports, wanted: Written, config: Path, dashboard: bool) ->
         f"merchant       http://127.0.0.1:{ports.merchant}/events (prints what it receives)",
         (f"forward-to     {wanted.forward_to} (every event, signed; verify with "
          f"{wanted.forward_secret})") if wanted.forward_to else "",
+        f"console        http://127.0.0.1:{ports.console} (sign in with [console] tokens.dev "
+        f"of {config})",
         f"rq-dashboard   http://127.0.0.1:{ports.dashboard}" if dashboard else "",
         f"config         {config} (yours to edit: an edited file is kept)",
         f"try            {run} simulate ixopay   (or ifthenpay, netaxept, payex)",

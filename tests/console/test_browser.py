@@ -9,6 +9,7 @@ only; no page holds a secret. With PAYHOOKS_SCREENSHOTS=DIR the main pages are s
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -68,7 +69,8 @@ def stack(worker_runtime: Runtime, endpoint: MerchantEndpoint, sims: Any, tmp_pa
                      for name, port in ports.items()]
     try:
         for port in ports.values():
-            wait_until(lambda port=port: http_answers(f"http://127.0.0.1:{port}/healthz"), 30,
+            url = f"http://127.0.0.1:{port}/healthz"
+            wait_until(functools.partial(http_answers, url), 30,
                        lambda: logs.read_text()[-2000:])
         yield (settings, f"http://127.0.0.1:{ports['ingress']}",
                f"http://127.0.0.1:{ports['console']}")

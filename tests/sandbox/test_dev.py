@@ -27,12 +27,14 @@ from tests.helpers import HOOK_SECRET, ROOT, secrets_in, wait_until
 
 def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
         tmp_path: Path, redis_url: str) -> None:
-    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard")}
+    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard",
+                                            "console")}
     project = ROOT
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["ingress"]),
          "--simulators-port", str(ports["simulators"]), "--merchant-port",
-         str(ports["merchant"]), "--dashboard-port", str(ports["dashboard"])],
+         str(ports["merchant"]), "--dashboard-port", str(ports["dashboard"]),
+         "--console-port", str(ports["console"])],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PAYHOOKS_REDIS_URL": redis_url,
              "PYTHONPATH": str(project)})
@@ -57,6 +59,11 @@ def test_payhooks_dev_brings_up_everything_and_simulated_callbacks_arrive(
         assert any("payment.chargeback_reversed" in line for line in received)
         dashboard = httpx.get(f"http://127.0.0.1:{ports['dashboard']}/", timeout=10)
         assert dashboard.status_code == 200
+        from shared.sandbox.dev import DEMO_CONSOLE_TOKEN
+
+        found = httpx.get(f"http://127.0.0.1:{ports['console']}/api/events?provider=payex",
+                          headers={"Authorization": f"Bearer {DEMO_CONSOLE_TOKEN}"}, timeout=10)
+        assert found.status_code == 200 and found.json()["events"]  # the console's view
         metrics = httpx.get(f"{ingress}/metrics", timeout=10).text
         assert metrics.count('outcome="accepted"') == 4
         assert (tmp_path / ".payhooks-dev" / "payhooks.toml").exists()
@@ -100,6 +107,7 @@ def start_dev(tmp_path: Path, redis_url: str | None, ports: dict[str, int], *opt
         [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["ingress"]),
          "--simulators-port", str(ports["simulators"]), "--merchant-port",
          str(ports["merchant"]), "--dashboard-port", str(ports["dashboard"]), "--workers", "1",
+         "--console-port", str(ports["console"]),
          *(["--redis-port", str(ports["redis"])] if "redis" in ports else []), *options],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**env, "PYTHONPATH": str(ROOT)})
@@ -119,7 +127,8 @@ def listening(port: int) -> bool:
 def test_closing_the_terminal_or_sigterm_stops_everything_dev_started(
         tmp_path: Path, redis_url: str, signum: int) -> None:
     """Before, SIGHUP left seven processes holding the ports, and the next run failed."""
-    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard")}
+    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard",
+                                            "console")}
     process, output = start_dev(tmp_path, redis_url, ports)
     try:
         wait_until_output(lambda: any("payhooks dev is up" in line for line in output), output)
@@ -132,7 +141,8 @@ def test_closing_the_terminal_or_sigterm_stops_everything_dev_started(
 
 
 def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path, redis_url: str) -> None:
-    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard")}
+    ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard",
+                                            "console")}
     with socket.create_server(("127.0.0.1", ports["merchant"])):
         process, output = start_dev(tmp_path, redis_url, ports)
         assert process.wait(timeout=30) == 2
@@ -148,7 +158,7 @@ def test_dev_has_its_own_redis_keeps_an_edited_config_and_forwards_to_your_app(
     """Before: db 0 of whatever Redis answered on 6379, the config rewritten at every start
     (a hook the user added, lost), and no way to deliver to the user's own app."""
     ports = {name: free_port() for name in ("ingress", "simulators", "merchant", "dashboard",
-                                            "redis")}
+                                            "console", "redis")}
     config = tmp_path / ".payhooks-dev" / "payhooks.toml"
     with MerchantEndpoint() as app, MerchantEndpoint() as mine:
         forward = f"{app.url}/webhooks"

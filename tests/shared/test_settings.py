@@ -202,8 +202,8 @@ def test_every_problem_of_a_file_is_told_in_one_run() -> None:
 
 @pytest.mark.parametrize(("raw", "message"), [
     ({"merchants": {"shop-eu": {"netaxcept": {}}}},
-     "merchants.shop-eu.netaxcept: unknown key; the keys here are: hooks, ifthenpay, ixopay, "
-     "netaxept, payex"),
+     "merchants.shop-eu.netaxcept: unknown key; the keys here are: console_tokens, hooks, "
+     "ifthenpay, ixopay, netaxept, payex"),
     ({"delivery": {"timout": "5s"}},
      "delivery.timout: unknown key; the keys here are: allow_private_networks, history, "
      "max_in_flight_per_hook, pause_after, retry_schedule, timeout"),

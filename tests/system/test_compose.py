@@ -48,7 +48,7 @@ def test_docker_compose_validates_the_file(tmp_path: Path) -> None:
     services = subprocess.run([binary, "-f", "compose.yaml", "config", "--services"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=60,
                               check=True).stdout.split()
-    assert sorted(services) == ["dashboard", "ingress", "redis", "worker"]
+    assert sorted(services) == ["console", "dashboard", "ingress", "redis", "worker"]
 
 
 def test_every_command_is_an_entry_point_of_the_image_and_accepts_its_arguments() -> None:
@@ -76,6 +76,7 @@ def test_the_stack_is_wired_as_the_readme_says() -> None:
         assert services[name]["environment"]["PAYHOOKS_REDIS_URL"].startswith("redis://redis")
     assert "redis://redis:6379/0" in services["dashboard"]["command"]
     assert services["dashboard"]["ports"] == ["127.0.0.1:9181:9181"]
+    assert services["console"]["ports"] == ["127.0.0.1:9180:9180"]  # never public
     assert "ports" not in services["worker"]  # so that --scale worker=8 works
     named = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "compose.yaml").read_text()))
     documented = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
