@@ -105,7 +105,7 @@ def acting(action: api.Action) -> api.Handler:
                                              "multipart/form-data")
         if from_page:
             form = {k: str(v) for k, v in (await request.post()).items()}
-        elif request.can_read_body:
+        elif request.body_exists:
             try:
                 body = await request.json()
             except ValueError:

@@ -4,6 +4,7 @@ one reads, none writes but `test_event`, which writes nothing either: it POSTs o
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from workers.delivery import send_once
 from workers.listing import delivery_states
 
 MINUTES = 60  # the chart's last hour
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ takes as a job id
 
 
 def overview(redis: Redis, actor: Actor) -> dict[str, Any]:
@@ -142,6 +144,8 @@ def callback_detail(redis: Redis, callback_id: str) -> dict[str, Any] | None:
     """The callback as the ingress stored it (secrets already left out there), with its
     outcome and reason; None when nothing of it is kept (RQ keeps a finished job ten
     minutes, a failed one 30 days)."""
+    if not JOB_ID.fullmatch(callback_id):
+        return None  # no callback has such an id (and RQ would refuse to look it up)
     record: dict[str, Any] = {"callback_id": callback_id}
     trouble = {_text(k): _text(v) for k, v in redis.hgetall(callback_key(callback_id)).items()}
     unsupported = {_text(k): _text(v)

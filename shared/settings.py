@@ -45,6 +45,9 @@ Id = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
 ConsoleToken = Annotated[SecretStr, Field(min_length=24)]
 
 
+MAX_DURATION = 10 * 365 * 86400.0
+
+
 def parse_duration(value: object) -> float:
     """`"5s"`, `"30m"`, `"2h"`, `"1d"`, `"250ms"` or a number of seconds, as seconds."""
     if isinstance(value, bool):
@@ -57,6 +60,8 @@ def parse_duration(value: object) -> float:
         raise ValueError("expected a duration such as '30s', '5m' or '2h'")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not seconds <= MAX_DURATION:  # also NaN, and "9999...9" that floats make infinite
+        raise ValueError("a duration of at most ten years")
     return seconds
 
 

@@ -169,3 +169,38 @@ async def test_a_form_needs_the_sessions_token_and_comes_from_the_console(
     done = await console.post("/api/hooks/shop-eu/orders/pause", allow_redirects=False,
                               data={"csrf": csrf, "next": "//evil.example/x"})
     assert done.status == 303 and done.headers["Location"].startswith("/?done=")
+
+
+HOSTILE_PATHS = [
+    "/api/events/../../etc/passwd", "/api/events/%00", "/api/events/" + "e" * 5000,
+    "/api/events?limit=-1", "/api/events?limit=abc", "/api/events?limit=99999999999999999999",
+    "/api/events?since=yesterday", "/api/events?until=%ff%fe", "/api/events?type=[",
+    "/api/events?provider=stripe", "/api/events?order=" + "%" * 300,
+    "/api/callbacks?outcome=lost", "/api/callbacks/cb_%2e%2e", "/api/callbacks/" + "c" * 5000,
+    "/api/hooks?merchant=nobody", "/api/hooks/../../x/resume", "/events?since=garbage",
+    "/events/evt_<script>", "/callbacks/<script>alert(1)</script>", "/events?limit=0",
+]
+HOSTILE_POSTS: list[tuple[str, dict[str, Any]]] = [
+    ("/api/hooks/shop-eu/orders/pause", {"data": b"\xff\xfe{not json"}),
+    ("/api/hooks/shop-eu/orders/pause", {"json": [1, 2, 3]}),
+    ("/api/hooks/shop-eu/orders/pause", {"json": {"for": "9" * 400}}),
+    ("/api/hooks/shop-eu/orders/test", {"json": {"type": "payment.nothing"}}),
+    ("/api/hooks/nobody/none/resume", {}),
+    ("/api/events/evt_nope/resend", {"json": {"hook": "orders"}}),
+    ("/api/hooks/shop-eu/orders/pause", {"data": b"x" * (100 * 1024),
+                                         "headers": {"Content-Type": "application/json"}}),
+    ("/api/callbacks/cb_nope/retry", {}),
+    ("/login", {"data": {"token": "\x00" * 30}}),
+]
+
+
+async def test_no_input_makes_the_console_answer_500(console: TestClient[Any, Any]) -> None:
+    ops = bearer(OPERATOR)
+    for path in HOSTILE_PATHS:
+        got = await console.get(path, headers=ops, allow_redirects=False)
+        assert got.status < 500, (path, got.status, await got.text())
+        assert "<script>" not in await got.text(), path
+    for path, options in HOSTILE_POSTS:
+        headers = {**ops, **options.pop("headers", {})}
+        got = await console.post(path, headers=headers, allow_redirects=False, **options)
+        assert 400 <= got.status < 500, (path, options, got.status, await got.text())
