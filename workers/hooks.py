@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from rq.registry import ScheduledJobRegistry
 
 from shared.clock import from_reply, redis_now
 from shared.keys import (
@@ -26,15 +25,13 @@ from shared.keys import (
     METRICS,
     PAUSED_HOOKS,
     dead_letter_parts,
-    delivery_key,
     hook_key,
     hook_probe_key,
 )
-from shared.queue import DELIVERIES
 from shared.settings import HookSettings, Settings
+from workers.events import bring_forward
 
 FOREVER = 10 * 365 * 86400.0  # a pause by hand with no end: until resumed
-SCHEDULED = ScheduledJobRegistry.key_template.format(DELIVERIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,25 +142,6 @@ def resume(redis: Redis, merchant: str, hook: str) -> int:
     pipe.srem(PAUSED_HOOKS, f"{merchant}/{hook}")
     pipe.execute()
     return bring_forward(redis, merchant, hook)
-
-
-def bring_forward(redis: Redis, merchant: str, hook: str, event: str | None = None) -> int:
-    """Make the hook's deliveries waiting in RQ's scheduled registry (or only this event's)
-    due now; how many."""
-    suffix = f"_{hook}"
-    ids = [raw.decode() for raw in redis.zrange(SCHEDULED, 0, -1)]  # type: ignore[union-attr]
-    mine = [job for job in ids if job.startswith("dlv_") and job.endswith(suffix)
-            and len(job) == len("dlv_") + 32 + len(suffix)
-            and event in (None, "evt_" + job[4:36])]
-    pipe = redis.pipeline(transaction=False)
-    for job in mine:
-        pipe.hget(delivery_key("evt_" + job[4:36], hook), "merchant")
-    owners = pipe.execute()
-    due = {job: 0 for job, owner in zip(mine, owners, strict=True)
-           if owner is not None and owner.decode() == merchant}
-    if due:
-        redis.zadd(SCHEDULED, due, xx=True)  # score 0: the scheduler queues them next
-    return len(due)
 
 
 def _without_query(url: str) -> str:

@@ -27,8 +27,13 @@ from shared.keys import DEAD_LETTERS, dead_letter_member, dead_letter_parts, del
 from shared.models import DeliveryState, PaymentEvent
 from shared.queue import DELIVERIES
 from shared.settings import Settings
-from workers.events import DELIVER_EVENT, delivery_job_id, delivery_job_options, wants
-from workers.hooks import bring_forward
+from workers.events import (
+    DELIVER_EVENT,
+    bring_forward,
+    delivery_job_id,
+    delivery_job_options,
+    wants,
+)
 
 
 @dataclass(frozen=True, slots=True)
