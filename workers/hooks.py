@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from redis import Redis
 
@@ -30,6 +30,7 @@ from shared.keys import (
 )
 from shared.settings import HookSettings, Settings
 from workers.events import bring_forward
+from workers.hook_store import listed_hooks
 
 FOREVER = 10 * 365 * 86400.0  # a pause by hand with no end: until resumed
 
@@ -49,6 +50,8 @@ class HookHealth:
     last_error: str | None
     last_failure_at: float | None
     dead_letters: int
+    source: Literal["config", "runtime"] = "config"  # the config file, or the hook store
+    enabled: bool = True  # a runtime hook can be disabled
 
     @property
     def success_rate(self) -> float | None:
@@ -57,6 +60,8 @@ class HookHealth:
 
     @property
     def state(self) -> str:
+        if not self.enabled:
+            return "disabled"
         if self.paused_for is not None:
             if self.paused_by_hand and self.paused_for > FOREVER / 2:
                 return "paused by hand"
@@ -71,26 +76,28 @@ class HookHealth:
                 "success_rate": self.success_rate, "failures_in_a_row": self.failures_in_a_row,
                 "paused_for_s": self.paused_for, "paused_by_hand": self.paused_by_hand,
                 "last_error": self.last_error, "last_failure_at": self.last_failure_at,
-                "dead_letters": self.dead_letters}
+                "dead_letters": self.dead_letters, "source": self.source,
+                "enabled": self.enabled}
 
 
-def find_hook(settings: Settings, name: str) -> tuple[str, HookSettings]:
-    """`merchant/hook` as configured; ValueError saying which exist otherwise."""
+def find_hook(redis: Redis, settings: Settings, name: str) -> tuple[str, HookSettings]:
+    """`merchant/hook`, of the config file or the hook store (disabled too); ValueError
+    saying which exist otherwise."""
     merchant_id, _, hook_id = name.partition("/")
-    merchant = settings.merchants.get(merchant_id)
-    hook = next((h for h in merchant.hooks if h.id == hook_id), None) if merchant else None
+    listed = listed_hooks(redis, settings)
+    hook = next((h.hook for h in listed if (h.merchant, h.hook.id) == (merchant_id, hook_id)),
+                None)
     if hook is None:
-        known = ", ".join(f"{m}/{h.id}" for m, s in sorted(settings.merchants.items())
-                          for h in s.hooks) or "none"
-        raise ValueError(f"no hook {name!r} in the configuration (write MERCHANT/HOOK; "
-                         f"configured: {known})")
+        known = ", ".join(f"{h.merchant}/{h.hook.id}" for h in listed) or "none"
+        raise ValueError(f"no hook {name!r} (write MERCHANT/HOOK; the hooks: {known})")
     return merchant_id, hook
 
 
 def health(redis: Redis, settings: Settings, merchant: str | None = None) -> list[HookHealth]:
-    """Every configured hook (of one merchant, or of all), as the workers last saw it."""
-    hooks = [(m, hook) for m, section in sorted(settings.merchants.items())
-             if merchant in (None, m) for hook in section.hooks]
+    """Every hook, of the config file or the hook store (of one merchant, or of all), as the
+    workers last saw it."""
+    listed = listed_hooks(redis, settings, merchant)
+    hooks = [(h.merchant, h.hook) for h in listed]
     pipe = redis.pipeline(transaction=False)
     pipe.time()
     pipe.zrange(DEAD_LETTERS, 0, -1)
@@ -106,7 +113,8 @@ def health(redis: Redis, settings: Settings, merchant: str | None = None) -> lis
         if parts is not None:
             waiting[(parts[0], parts[2])] = waiting.get((parts[0], parts[2]), 0) + 1
     found = []
-    for (m, hook), stored, counts in zip(hooks, replies[::2], replies[1::2], strict=True):
+    for listing, stored, counts in zip(listed, replies[::2], replies[1::2], strict=True):
+        m, hook = listing.merchant, listing.hook
         fields = {key.decode(): value.decode() for key, value in stored.items()}
         until = float(fields.get("paused_until") or 0)
         delivered, failed, dead = (int(count or 0) for count in counts)
@@ -119,7 +127,8 @@ def health(redis: Redis, settings: Settings, merchant: str | None = None) -> lis
             last_error=fields.get("last_error"),
             last_failure_at=float(fields["last_failure_at"]) if "last_failure_at" in fields
             else None,
-            dead_letters=waiting.get((m, hook.id), 0)))
+            dead_letters=waiting.get((m, hook.id), 0),
+            source=listing.source, enabled=listing.enabled))
     return found
 
 
