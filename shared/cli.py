@@ -357,7 +357,7 @@ def _hooks(args: argparse.Namespace) -> int:
                 print("no hook configured" + (f" for {args.merchant}" if args.merchant else ""))
             return 0
         try:
-            merchant, hook = hooks.find_hook(settings, args.hook)
+            merchant, hook = hooks.find_hook(redis, settings, args.hook)
         except ValueError as exc:
             print(f"payhooks hooks: {exc}", file=sys.stderr)
             return 2

@@ -75,6 +75,18 @@ def hook_in_flight_key(merchant: str, hook: str) -> str:
 
 PAUSED_HOOKS = "payhooks:paused"  # a set of `merchant/hook`, for the metrics
 
+# Hooks managed at run time (workers/hook_store.py), beside those of the config file: a hash
+# of `merchant/hook` -> the hook's JSON (its secrets in clear: the workers sign with them),
+# kept until deleted; and a counter raised on every change, by which each worker sees within
+# seconds that its copy is stale. Neither expires.
+RUNTIME_HOOKS = "payhooks:runtime-hooks"
+RUNTIME_HOOKS_VERSION = "payhooks:runtime-hooks:version"
+
+
+def runtime_hook_field(merchant: str, hook: str) -> str:
+    """A hook's field in RUNTIME_HOOKS."""
+    return f"{merchant}/{hook}"
+
 # Follow-ups: a counter per budget and minute, and the requests in flight per base URL
 def rate_limit_key(budget: str) -> str:
     """The prefix of a budget's counters, one per minute of Redis's clock."""

@@ -83,11 +83,12 @@ class DeliveryState(StrEnum):
     """The `state` of a delivery's hash (shared.keys.delivery_key)."""
 
     QUEUED = "queued"  # waiting for a worker
-    PAUSED = "paused"  # recorded while its hook was paused: waits for the pause to end
+    PAUSED = "paused"  # its hook is paused or disabled: waits until resumed or enabled
     RETRYING = "retrying"  # an attempt failed; the next one is due at `next_at`
     DELIVERED = "delivered"  # a 2xx
-    DEAD = "dead"  # dead-lettered: the schedule used up, or RQ ended the last try
-    DROPPED = "dropped"  # nothing to deliver: the hook is gone, or the event expired
+    DEAD = "dead"  # dead-lettered: the schedule used up, RQ ended the last try, or the
+    # hook was deleted
+    DROPPED = "dropped"  # nothing to deliver: the event expired
 
 
 # the states a delivery ends in: nothing runs it again (but a replay of a dead letter)

@@ -344,6 +344,12 @@ def _expand(value: Any, environ: Mapping[str, str], key: tuple[str | int, ...],
     return value
 
 
+def plain_problems(exc: ValidationError, source: str) -> list[str]:
+    """A model's validation errors as load_settings words them (`source: key: what`), in
+    plain words and without the offending input: for a hook made at run time, say."""
+    return [line for _, line in _describe(exc, source)]
+
+
 def _describe(exc: ValidationError, source: str) -> list[tuple[tuple[str | int, ...], str]]:
     """Each error's location and its line, in plain words: never pydantic's phrases, never
     the offending input (it may be a secret)."""

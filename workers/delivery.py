@@ -28,6 +28,13 @@ RQ's scheduled registry, with their attempt given back, and come back when the p
 Then one of them probes the hook: a success resumes it, a failure pauses it again. So a
 dead endpoint costs the workers a few timeouts per pause, not one per delivery, and
 deliveries to every other hook go on at full speed.
+
+A hook may come from the config file or from the hook store (workers/hook_store.py), whose
+changes each worker sees within seconds. A delivery to a hook disabled there waits as for a
+pause (state `paused`, its attempt given back, looking again hourly; enabling the hook makes
+it due now). A delivery to a hook that no longer exists (deleted, or taken out of the config
+file) is dead-lettered with the reason "the hook was deleted", to replay once a hook of that
+id exists again; only one whose event has expired is dropped.
 """
 
 from __future__ import annotations
@@ -114,15 +121,20 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     settings = runtime.settings
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(event_id=event_id, merchant=merchant, hook=hook_id)
-    hooks = settings.merchants[merchant].hooks if merchant in settings.merchants else ()
-    hook = next((h for h in hooks if h.id == hook_id), None)
     body = _event_body(runtime.redis, event_id, hook_id)
-    if hook is None or body is None:
-        reason = "the hook is no longer configured" if hook is None else "the event expired"
+    if body is None:
+        reason = "the event expired"
         _set_state(runtime.redis, event_id, hook_id, settings.delivery,
                    state=DeliveryState.DROPPED)
         log.warning("delivery_dropped", reason=reason)
         return {"state": DeliveryState.DROPPED.value, "reason": reason}
+    hook, enabled = _find_hook(runtime, merchant, hook_id)
+    if hook is None:
+        return _hook_gone(runtime.redis, merchant, hook_id, event_id, body, settings.delivery)
+    if not enabled:  # kept waiting, as for a pause; enabling the hook makes it due now
+        _set_state(runtime.redis, event_id, hook_id, settings.delivery,
+                   state=DeliveryState.PAUSED)
+        _defer(LOOK_AGAIN + random.uniform(0, 5))  # noqa: S311
     origin = runtime.redis.hget(delivery_key(event_id, hook_id), "callback_id")
     if isinstance(origin, bytes):  # follow a callback through to its deliveries in the logs
         structlog.contextvars.bind_contextvars(callback_id=origin.decode())
@@ -145,6 +157,34 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     # the place is given back with the attempt's record, in the same round trip
     return _settle(runtime.redis, merchant, hook, event_id, body, attempt, settings.delivery,
                    failing=probing)
+
+
+def _find_hook(runtime: runtimes.Runtime, merchant: str, hook_id: str
+               ) -> tuple[HookSettings | None, bool]:
+    """The hook, config or runtime, and whether it is enabled. A hook this worker's copy
+    lacks or has disabled is looked for again in the store now: it may have been created
+    or enabled within the last seconds, by a change another worker has seen already."""
+    hook = None
+    for fresh in (False, True):
+        hooks = runtime.hooks(merchant, include_disabled=True, fresh=fresh)
+        hook = next((h for h in hooks if h.id == hook_id), None)
+        if hook is not None and any(h.id == hook_id for h in runtime.hooks(merchant)):
+            return hook, True
+    return hook, False
+
+
+def _hook_gone(redis: Redis, merchant: str, hook_id: str, event_id: str, body: bytes,
+               settings: DeliverySettings) -> dict[str, Any]:
+    """A delivery to a hook deleted (or taken out of the config file) since: dead-lettered,
+    to replay once a hook of that id exists again."""
+    reason = "the hook was deleted"
+    attempts = int(redis.hget(delivery_key(event_id, hook_id), "attempts") or 0)
+    dead_letter(redis, merchant, hook_id, event_id, body, attempts, settings, reason=reason)
+    batch = metrics.Batch()
+    batch.count("deliveries", merchant, hook_id, "dead")
+    batch.send(redis)
+    log.warning("delivery_dead_lettered", attempt=attempts, reason=reason)
+    return {"state": DeliveryState.DEAD.value, "reason": reason}
 
 
 def delivery_failed(job: Job, connection: Redis, kind: type[BaseException] | None = None,

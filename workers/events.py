@@ -56,6 +56,7 @@ FACTS_PER_TRANSACTION = 256
 # The longest a delivery waits for a paused hook before it looks again (a pause by hand
 # lasts until resumed; `payhooks hooks resume` brings the waiting ones forward at once)
 LOOK_AGAIN = 3600.0
+SCHEDULED = ScheduledJobRegistry.key_template.format(DELIVERIES)  # RQ's, of the deliveries
 
 
 def event_id(merchant: str, provider: str, fact: Fact) -> str:
@@ -225,8 +226,7 @@ def _enqueue_delivery(pipe: Pipeline, template: JobTemplate, event: PaymentEvent
         return
     fields["status"] = JobStatus.SCHEDULED.value
     pipe.hset(template.job_key(job_id), mapping=fields)
-    pipe.zadd(ScheduledJobRegistry.key_template.format(DELIVERIES),
-              {job_id: int(paused_until) + 1})
+    pipe.zadd(SCHEDULED, {job_id: int(paused_until) + 1})
 
 
 def _keep_state(pipe: Pipeline, payment: str, changed: dict[str, int]) -> None:
@@ -249,3 +249,22 @@ def delivery_job_options(retry_schedule: Sequence[float]) -> dict[str, Any]:
 def delivery_template(retry_schedule: tuple[float, ...]) -> JobTemplate:
     """The delivery jobs' template (built by RQ once per process and retry schedule)."""
     return JobTemplate(DELIVERIES, DELIVER_EVENT, delivery_job_options(retry_schedule))
+
+
+def bring_forward(redis: Redis, merchant: str, hook: str, event: str | None = None) -> int:
+    """Make the hook's deliveries waiting in RQ's scheduled registry (or only this event's)
+    due now; how many."""
+    suffix = f"_{hook}"
+    ids = [raw.decode() for raw in redis.zrange(SCHEDULED, 0, -1)]  # type: ignore[union-attr]
+    mine = [job for job in ids if job.startswith("dlv_") and job.endswith(suffix)
+            and len(job) == len("dlv_") + 32 + len(suffix)
+            and event in (None, "evt_" + job[4:36])]
+    pipe = redis.pipeline(transaction=False)
+    for job in mine:
+        pipe.hget(delivery_key("evt_" + job[4:36], hook), "merchant")
+    owners = pipe.execute()
+    due = {job: 0 for job, owner in zip(mine, owners, strict=True)
+           if owner is not None and owner.decode() == merchant}
+    if due:
+        redis.zadd(SCHEDULED, due, xx=True)  # score 0: the scheduler queues them next
+    return len(due)

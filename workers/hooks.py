@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from redis import Redis
-from rq.registry import ScheduledJobRegistry
 
 from shared.clock import from_reply, redis_now
 from shared.keys import (
@@ -26,15 +25,14 @@ from shared.keys import (
     METRICS,
     PAUSED_HOOKS,
     dead_letter_parts,
-    delivery_key,
     hook_key,
     hook_probe_key,
 )
-from shared.queue import DELIVERIES
 from shared.settings import HookSettings, Settings
+from workers.events import bring_forward
+from workers.hook_store import listed_hooks
 
 FOREVER = 10 * 365 * 86400.0  # a pause by hand with no end: until resumed
-SCHEDULED = ScheduledJobRegistry.key_template.format(DELIVERIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +50,8 @@ class HookHealth:
     last_error: str | None
     last_failure_at: float | None
     dead_letters: int
+    source: Literal["config", "runtime"] = "config"  # the config file, or the hook store
+    enabled: bool = True  # a runtime hook can be disabled
 
     @property
     def success_rate(self) -> float | None:
@@ -60,6 +60,8 @@ class HookHealth:
 
     @property
     def state(self) -> str:
+        if not self.enabled:
+            return "disabled"
         if self.paused_for is not None:
             if self.paused_by_hand and self.paused_for > FOREVER / 2:
                 return "paused by hand"
@@ -74,26 +76,28 @@ class HookHealth:
                 "success_rate": self.success_rate, "failures_in_a_row": self.failures_in_a_row,
                 "paused_for_s": self.paused_for, "paused_by_hand": self.paused_by_hand,
                 "last_error": self.last_error, "last_failure_at": self.last_failure_at,
-                "dead_letters": self.dead_letters}
+                "dead_letters": self.dead_letters, "source": self.source,
+                "enabled": self.enabled}
 
 
-def find_hook(settings: Settings, name: str) -> tuple[str, HookSettings]:
-    """`merchant/hook` as configured; ValueError saying which exist otherwise."""
+def find_hook(redis: Redis, settings: Settings, name: str) -> tuple[str, HookSettings]:
+    """`merchant/hook`, of the config file or the hook store (disabled too); ValueError
+    saying which exist otherwise."""
     merchant_id, _, hook_id = name.partition("/")
-    merchant = settings.merchants.get(merchant_id)
-    hook = next((h for h in merchant.hooks if h.id == hook_id), None) if merchant else None
+    listed = listed_hooks(redis, settings)
+    hook = next((h.hook for h in listed if (h.merchant, h.hook.id) == (merchant_id, hook_id)),
+                None)
     if hook is None:
-        known = ", ".join(f"{m}/{h.id}" for m, s in sorted(settings.merchants.items())
-                          for h in s.hooks) or "none"
-        raise ValueError(f"no hook {name!r} in the configuration (write MERCHANT/HOOK; "
-                         f"configured: {known})")
+        known = ", ".join(f"{h.merchant}/{h.hook.id}" for h in listed) or "none"
+        raise ValueError(f"no hook {name!r} (write MERCHANT/HOOK; the hooks: {known})")
     return merchant_id, hook
 
 
 def health(redis: Redis, settings: Settings, merchant: str | None = None) -> list[HookHealth]:
-    """Every configured hook (of one merchant, or of all), as the workers last saw it."""
-    hooks = [(m, hook) for m, section in sorted(settings.merchants.items())
-             if merchant in (None, m) for hook in section.hooks]
+    """Every hook, of the config file or the hook store (of one merchant, or of all), as the
+    workers last saw it."""
+    listed = listed_hooks(redis, settings, merchant)
+    hooks = [(h.merchant, h.hook) for h in listed]
     pipe = redis.pipeline(transaction=False)
     pipe.time()
     pipe.zrange(DEAD_LETTERS, 0, -1)
@@ -109,7 +113,8 @@ def health(redis: Redis, settings: Settings, merchant: str | None = None) -> lis
         if parts is not None:
             waiting[(parts[0], parts[2])] = waiting.get((parts[0], parts[2]), 0) + 1
     found = []
-    for (m, hook), stored, counts in zip(hooks, replies[::2], replies[1::2], strict=True):
+    for listing, stored, counts in zip(listed, replies[::2], replies[1::2], strict=True):
+        m, hook = listing.merchant, listing.hook
         fields = {key.decode(): value.decode() for key, value in stored.items()}
         until = float(fields.get("paused_until") or 0)
         delivered, failed, dead = (int(count or 0) for count in counts)
@@ -122,7 +127,8 @@ def health(redis: Redis, settings: Settings, merchant: str | None = None) -> lis
             last_error=fields.get("last_error"),
             last_failure_at=float(fields["last_failure_at"]) if "last_failure_at" in fields
             else None,
-            dead_letters=waiting.get((m, hook.id), 0)))
+            dead_letters=waiting.get((m, hook.id), 0),
+            source=listing.source, enabled=listing.enabled))
     return found
 
 
@@ -145,25 +151,6 @@ def resume(redis: Redis, merchant: str, hook: str) -> int:
     pipe.srem(PAUSED_HOOKS, f"{merchant}/{hook}")
     pipe.execute()
     return bring_forward(redis, merchant, hook)
-
-
-def bring_forward(redis: Redis, merchant: str, hook: str, event: str | None = None) -> int:
-    """Make the hook's deliveries waiting in RQ's scheduled registry (or only this event's)
-    due now; how many."""
-    suffix = f"_{hook}"
-    ids = [raw.decode() for raw in redis.zrange(SCHEDULED, 0, -1)]  # type: ignore[union-attr]
-    mine = [job for job in ids if job.startswith("dlv_") and job.endswith(suffix)
-            and len(job) == len("dlv_") + 32 + len(suffix)
-            and event in (None, "evt_" + job[4:36])]
-    pipe = redis.pipeline(transaction=False)
-    for job in mine:
-        pipe.hget(delivery_key("evt_" + job[4:36], hook), "merchant")
-    owners = pipe.execute()
-    due = {job: 0 for job, owner in zip(mine, owners, strict=True)
-           if owner is not None and owner.decode() == merchant}
-    if due:
-        redis.zadd(SCHEDULED, due, xx=True)  # score 0: the scheduler queues them next
-    return len(due)
 
 
 def _without_query(url: str) -> str:

@@ -20,6 +20,7 @@ from shared.keys import ALL_EVENTS, attempts_key, delivery_key, event_key, merch
 from shared.models import FINAL_STATES, DeliveryState, PaymentEvent
 from shared.settings import Settings
 from workers.events import wants
+from workers.hook_store import listed_hooks
 from workers.unsupported import unsupported_callbacks
 
 PAGE = 500  # events read per round trip while filtering
@@ -83,18 +84,21 @@ def get_event(redis: Redis, event: str) -> PaymentEvent | None:
 
 
 def delivery_states(redis: Redis, settings: Settings, event: PaymentEvent) -> dict[str, str]:
-    """Each hook that takes this event, with its delivery state (shared.models.
-    DeliveryState): queued, paused, retrying (attempt n, next try), delivered (after n
-    attempts), dead (dead-lettered, with RQ's reason when it ended the last try), dropped;
-    expired once its history is gone."""
-    merchant = settings.merchants.get(event.data.merchant)
-    configured = merchant.hooks if merchant else ()
+    """Each hook that takes this event (config or runtime, enabled or not), with its
+    delivery state (shared.models.DeliveryState): queued, paused, retrying (attempt n, next
+    try), delivered (after n attempts), dead (dead-lettered, with RQ's reason when it ended
+    the last try), dropped; expired once its history is gone."""
     states = {}
-    for hook in (hook.id for hook in configured if wants(hook, event.type.value)):
+    for listed in listed_hooks(redis, settings, event.data.merchant):
+        hook = listed.hook.id
+        if not wants(listed.hook, event.type.value):
+            continue
         pipe = redis.pipeline(transaction=False)
         pipe.hgetall(delivery_key(event.id, hook))
         pipe.lindex(attempts_key(event.id, hook), -1)
         stored, last = pipe.execute()
+        if not stored and not listed.enabled:
+            continue  # recorded while the hook was disabled: it never had a delivery
         fields = {_text(k): _text(v) for k, v in stored.items() if k != b"event"}
         states[hook] = _describe(fields, orjson.loads(last) if last else None)
     return states

@@ -27,8 +27,14 @@ from shared.keys import DEAD_LETTERS, dead_letter_member, dead_letter_parts, del
 from shared.models import DeliveryState, PaymentEvent
 from shared.queue import DELIVERIES
 from shared.settings import Settings
-from workers.events import DELIVER_EVENT, delivery_job_id, delivery_job_options, wants
-from workers.hooks import bring_forward
+from workers.events import (
+    DELIVER_EVENT,
+    bring_forward,
+    delivery_job_id,
+    delivery_job_options,
+    wants,
+)
+from workers.hook_store import hooks_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +112,12 @@ def resend(redis: Redis, settings: Settings, event: PaymentEvent, hook: str | No
     event id: what was done for each hook. A delivery on its way already is not doubled:
     one waiting for a retry or a pause is made due now instead."""
     merchant = event.data.merchant
-    configured = settings.merchants[merchant].hooks if merchant in settings.merchants else ()
+    configured = hooks_of(redis, settings, merchant)  # and the runtime hooks, enabled ones
     targets = [h.id for h in configured if wants(h, event.type.value) and hook in (None, h.id)]
     if hook is not None and not targets:
+        disabled = hooks_of(redis, settings, merchant, include_disabled=True)
+        if any(h.id == hook and wants(h, event.type.value) for h in disabled):
+            raise ValueError(f"{merchant}/{hook} is disabled: enable it first")
         known = ", ".join(h.id for h in configured if wants(h, event.type.value)) or "none"
         raise ValueError(f"{merchant} has no hook {hook!r} that takes {event.type.value} "
                          f"events (hooks that do: {known})")

@@ -86,7 +86,7 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
         batch.observe("followup_seconds", time.perf_counter() - asked, callback.provider)
         if not facts:
             raise UnsupportedEvent(f"{callback.provider}: the answer reports no fact we deliver")
-        events = record(runtime.redis, callback, facts, merchant.hooks,
+        events = record(runtime.redis, callback, facts, runtime.hooks(callback.merchant),
                         runtime.settings.delivery.retry_schedule)
     except UnsupportedEvent as exc:
         unsupported.remember(runtime.redis, callback, data, str(exc))
