@@ -21,7 +21,7 @@ from console.auth import Actor
 from console.keys import ACTOR, REDIS, SETTINGS
 from shared.models import EventType, PaymentEvent
 from shared.settings import PROVIDER_SECTIONS, parse_duration
-from workers import callbacks, hooks, listing, replay
+from workers import callbacks, hook_store, hooks, listing, replay
 
 log = structlog.get_logger("payhooks.console")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -166,22 +166,23 @@ async def list_hooks(request: web.Request) -> web.Response:
 
 # --- acting --------------------------------------------------------------------------
 
-def visible_hook(request: web.Request) -> tuple[str, Any]:
+async def visible_hook(request: web.Request) -> tuple[str, Any]:
     name = f"{request.match_info['merchant']}/{request.match_info['hook']}"
+    if not actor_of(request).sees(request.match_info["merchant"]):
+        raise not_found("such hook")
     try:
-        merchant, hook = hooks.find_hook(request.app[SETTINGS], name)
+        found: tuple[str, Any] = await off_loop(hooks.find_hook, request.app[REDIS],
+                                                request.app[SETTINGS], name)
     except ValueError:
         raise not_found("such hook") from None
-    if not actor_of(request).sees(merchant):
-        raise not_found("such hook")
-    return merchant, hook
+    return found
 
 
-async def pause_hook(request: web.Request, form: dict[str, str]) -> dict[str, Any]:
-    merchant, hook = visible_hook(request)
+async def pause_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant, hook = await visible_hook(request)
     given = form.get("for") or None
     try:
-        seconds = parse_duration(given) if given else None
+        seconds = parse_duration(str(given)) if given else None
     except ValueError:
         raise BadRequest(f"for: {given!r} is not a duration (30m, 2h)") from None
     await off_loop(hooks.pause, request.app[REDIS], merchant, hook.id, seconds)
@@ -189,17 +190,17 @@ async def pause_hook(request: web.Request, form: dict[str, str]) -> dict[str, An
     return {"paused": f"{merchant}/{hook.id}", "for_s": seconds}
 
 
-async def resume_hook(request: web.Request, form: dict[str, str]) -> dict[str, Any]:
-    merchant, hook = visible_hook(request)
+async def resume_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant, hook = await visible_hook(request)
     count = await off_loop(hooks.resume, request.app[REDIS], merchant, hook.id)
     acted(request, "hook.resume", merchant=merchant, hook=hook.id, due_now=count)
     return {"resumed": f"{merchant}/{hook.id}", "due_now": count}
 
 
-async def test_hook(request: web.Request, form: dict[str, str]) -> dict[str, Any]:
-    merchant, hook = visible_hook(request)
+async def test_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant, hook = await visible_hook(request)
     try:
-        kind = EventType(form.get("type") or EventType.CAPTURED.value)
+        kind = EventType(str(form.get("type") or EventType.CAPTURED.value))
     except ValueError:
         raise BadRequest("type: an event type such as payment.captured") from None
     sent = await off_loop(data.test_event, request.app[SETTINGS], merchant, hook, kind)
@@ -207,8 +208,8 @@ async def test_hook(request: web.Request, form: dict[str, str]) -> dict[str, Any
     return sent  # type: ignore[no-any-return]
 
 
-async def replay_hook(request: web.Request, form: dict[str, str]) -> dict[str, Any]:
-    merchant, hook = visible_hook(request)
+async def replay_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant, hook = await visible_hook(request)
     redis = request.app[REDIS]
     letters = await off_loop(replay.dead_letters, redis, hook=hook.id, merchant=merchant)
     count = await off_loop(replay.replay, redis, request.app[SETTINGS], letters)
@@ -216,18 +217,19 @@ async def replay_hook(request: web.Request, form: dict[str, str]) -> dict[str, A
     return {"replayed": count, "of": len(letters)}
 
 
-async def resend_event(request: web.Request, form: dict[str, str]) -> dict[str, Any]:
+async def resend_event(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
     event = await visible_event(request)
     try:
+        hook = form.get("hook") or None
         done = await off_loop(replay.resend, request.app[REDIS], request.app[SETTINGS], event,
-                              form.get("hook") or None)
+                              str(hook) if hook is not None else None)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     acted(request, "event.resend", event_id=event.id, merchant=event.data.merchant, done=done)
     return {"event": event.id, "hooks": done}
 
 
-async def retry_callback(request: web.Request, form: dict[str, str]) -> dict[str, Any]:
+async def retry_callback(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
     found = await visible_callback(request)
     entries = [entry for entry in await off_loop(callbacks.troubled_callbacks,
                                                  request.app[REDIS])
@@ -237,7 +239,108 @@ async def retry_callback(request: web.Request, form: dict[str, str]) -> dict[str
     return {"callback": found["callback_id"], "queued": count}
 
 
-Action = Callable[[web.Request, dict[str, str]], Awaitable[dict[str, Any]]]
+# --- hooks made at run time (workers/hook_store.py) ------------------------------------
+
+def _store_errors(exc: Exception) -> web.HTTPException | BadRequest:
+    """The store's refusals as answers: 409 for an id taken or a config file's hook (which
+    is read-only here), 404 for a hook that is not there, 400 for a bad value."""
+    body = orjson.dumps({"error": str(exc)}).decode()
+    if isinstance(exc, hook_store.HookConflict | hook_store.ReadOnlyHook):
+        return web.HTTPConflict(text=body, content_type="application/json")
+    if isinstance(exc, hook_store.UnknownHook):
+        return web.HTTPNotFound(text=body, content_type="application/json")
+    return BadRequest(str(exc))
+
+
+def _events_of(form: dict[str, Any]) -> tuple[str, ...] | None:
+    events = form.get("events")
+    if events is None:
+        return None
+    if isinstance(events, str):
+        events = [part.strip() for part in events.split(",") if part.strip()]
+    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+        raise BadRequest("events: a list of event types or patterns")
+    return tuple(events)
+
+
+def _merchant_in_path(request: web.Request) -> str:
+    merchant = request.match_info["merchant"]
+    if not actor_of(request).sees(merchant):
+        raise not_found("such merchant")
+    return merchant
+
+
+async def create_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant = _merchant_in_path(request)
+    hook_id, url = form.get("id"), form.get("url")
+    if not isinstance(hook_id, str) or not isinstance(url, str):
+        raise BadRequest("id and url are needed, as strings")
+    actor = actor_of(request).name
+    try:
+        made, secret = await off_loop(hook_store.create, request.app[REDIS],
+                                      request.app[SETTINGS], merchant, hook_id, url,
+                                      _events_of(form) or ("*",), actor=actor)
+    except (ValueError, LookupError) as exc:
+        raise _store_errors(exc) from None
+    acted(request, "hook.create", merchant=merchant, hook=hook_id)
+    return {"hook": made.as_json(), "secret": secret, "status": 201,
+            "note": "the secret is shown this once: keep it to verify the signatures"}
+
+
+async def change_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant = _merchant_in_path(request)
+    enabled = form.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        enabled = {"true": True, "false": False}.get(str(enabled).lower())
+        if enabled is None:
+            raise BadRequest("enabled: true or false")
+    url = form.get("url")
+    if url is not None and not isinstance(url, str):
+        raise BadRequest("url: a string")
+    try:
+        changed = await off_loop(hook_store.update, request.app[REDIS], request.app[SETTINGS],
+                                 merchant, request.match_info["hook"], url=url,
+                                 events=_events_of(form), enabled=enabled,
+                                 actor=actor_of(request).name)
+    except (ValueError, LookupError) as exc:
+        raise _store_errors(exc) from None
+    acted(request, "hook.change", merchant=merchant, hook=changed.id,
+          changed=sorted(k for k in ("url", "events", "enabled") if k in form))
+    return {"hook": changed.as_json()}
+
+
+async def delete_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant, hook_id = _merchant_in_path(request), request.match_info["hook"]
+    try:
+        await off_loop(hook_store.delete, request.app[REDIS], request.app[SETTINGS], merchant,
+                       hook_id, actor=actor_of(request).name)
+    except (ValueError, LookupError) as exc:
+        raise _store_errors(exc) from None
+    acted(request, "hook.delete", merchant=merchant, hook=hook_id)
+    return {"deleted": f"{merchant}/{hook_id}",
+            "note": "its waiting deliveries are dead-lettered: replay them once a hook of "
+                    "this id exists again"}
+
+
+async def rotate_hook(request: web.Request, form: dict[str, Any]) -> dict[str, Any]:
+    merchant, hook_id = _merchant_in_path(request), request.match_info["hook"]
+    given = str(form.get("retire_after") or "24h")
+    try:
+        overlap = parse_duration(given)
+    except ValueError:
+        raise BadRequest(f"retire_after: {given!r} is not a duration (30m, 24h)") from None
+    try:
+        rotated, secret = await off_loop(hook_store.rotate, request.app[REDIS],
+                                         request.app[SETTINGS], merchant, hook_id, overlap,
+                                         actor=actor_of(request).name)
+    except (ValueError, LookupError) as exc:
+        raise _store_errors(exc) from None
+    acted(request, "hook.rotate", merchant=merchant, hook=hook_id, retire_after_s=overlap)
+    return {"hook": rotated.as_json(), "secret": secret,
+            "note": f"both secrets sign for {overlap:.0f} s, then only this one"}
+
+
+Action = Callable[[web.Request, dict[str, Any]], Awaitable[dict[str, Any]]]
 ACTIONS: list[tuple[str, Action]] = [
     ("/api/hooks/{merchant}/{hook}/pause", pause_hook),
     ("/api/hooks/{merchant}/{hook}/resume", resume_hook),
@@ -245,6 +348,13 @@ ACTIONS: list[tuple[str, Action]] = [
     ("/api/hooks/{merchant}/{hook}/replay", replay_hook),
     ("/api/events/{event}/resend", resend_event),
     ("/api/callbacks/{callback}/retry", retry_callback),
+    ("/api/hooks/{merchant}", create_hook),
+    ("/api/hooks/{merchant}/{hook}/rotate", rotate_hook),
+]
+# other methods than POST: (method, path, action)
+CHANGES: list[tuple[str, str, Action]] = [
+    ("PATCH", "/api/hooks/{merchant}/{hook}", change_hook),
+    ("DELETE", "/api/hooks/{merchant}/{hook}", delete_hook),
 ]
 READS: list[tuple[str, Handler]] = [
     ("/api/overview", get_overview),

@@ -44,6 +44,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         app.router.add_get(path, read)
     for path, action in api.ACTIONS:
         app.router.add_post(path, acting(action))
+    for method, path, action in api.CHANGES:
+        app.router.add_route(method, path, acting(action))
     app.router.add_get("/", overview_page)
     app.router.add_get("/events", events_page)
     app.router.add_get("/events/{event}", event_page)
@@ -112,10 +114,11 @@ def acting(action: api.Action) -> api.Handler:
                 raise api.BadRequest("the body is not JSON") from None
             if not isinstance(body, dict):
                 raise api.BadRequest("the body must be a JSON object")
-            form = {k: str(v) for k, v in body.items() if v is not None}
+            form = {k: v for k, v in body.items() if v is not None}
         else:
             form = {}
-        if not auth.form_allowed(request, actor, form.get("csrf")):
+        token = form.get("csrf")
+        if not auth.form_allowed(request, actor, token if isinstance(token, str) else None):
             return api.answer({"error": "this form did not come from this console's pages"},
                               status=403)
         try:
@@ -124,15 +127,17 @@ def acting(action: api.Action) -> api.Handler:
             if not from_page:
                 raise
             raise web.HTTPSeeOther(_back(form, f"Not done: {exc}")) from None
+        status = int(done.pop("status", 200))
         if from_page:
-            raise web.HTTPSeeOther(_back(form, _said(done)))
-        return api.answer(done)
+            shown = {k: v for k, v in done.items() if k != "secret"}  # never in a URL
+            raise web.HTTPSeeOther(_back(form, _said(shown)))
+        return api.answer(done, status=status)
     return handle
 
 
-def _back(form: dict[str, str], notice: str) -> str:
+def _back(form: dict[str, Any], notice: str) -> str:
     """The page a form came from (a path of this console only), with what was done."""
-    back = form.get("next", "/")
+    back = str(form.get("next", "/"))
     if not back.startswith("/") or back.startswith("//") or "\\" in back:
         back = "/"
     return f"{back.split('?')[0]}?{urlencode({'done': notice})}"

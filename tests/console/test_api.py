@@ -204,3 +204,46 @@ async def test_no_input_makes_the_console_answer_500(console: TestClient[Any, An
         headers = {**ops, **options.pop("headers", {})}
         got = await console.post(path, headers=headers, allow_redirects=False, **options)
         assert 400 <= got.status < 500, (path, options, got.status, await got.text())
+
+
+async def test_a_hook_made_through_the_api_gets_the_next_event_signed_with_its_secret(
+        console: TestClient[Any, Any], admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    from standardwebhooks import Webhook
+
+    ops = bearer(OPERATOR)
+    made = await console.post("/api/hooks/shop-eu", headers=ops, json={
+        "id": "crm", "url": f"{endpoint.url}/crm", "events": ["payment.captured"]})
+    assert made.status == 201
+    created = await made.json()
+    secret = created["secret"]
+    assert secret.startswith("whsec_") and secret not in str(created["hook"])
+    listed = await (await console.get("/api/hooks?merchant=shop-eu", headers=ops)).text()
+    assert '"hook":"crm"' in listed and secret not in listed
+
+    process_callback(netaxept(admin, "c-9", authorized=True, captured=100))
+    deliver(redis_client)
+    [request] = endpoint.requests_to("/crm")  # the captured event only, as its filter says
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert Webhook(secret).verify(request.body, headers)["type"] == "payment.captured"
+
+    rotated = await (await console.post("/api/hooks/shop-eu/crm/rotate", headers=ops,
+                                        json={"retire_after": "1h"})).json()
+    assert rotated["secret"] != secret
+    off = await console.patch("/api/hooks/shop-eu/crm", headers=ops, json={"enabled": False})
+    assert (await off.json())["hook"]["enabled"] is False
+    refused = await console.patch("/api/hooks/shop-eu/orders", headers=ops,
+                                  json={"enabled": False})
+    assert refused.status == 409  # a config file's hook is read-only here
+    taken = await console.post("/api/hooks/shop-eu", headers=ops,
+                               json={"id": "orders", "url": f"{endpoint.url}/x"})
+    assert taken.status == 409
+    bad = await console.post("/api/hooks/shop-eu", headers=ops,
+                             json={"id": "x", "url": "not a url"})
+    assert bad.status == 400 and "url" in (await bad.json())["error"]
+    elsewhere = await console.post("/api/hooks/shop-eu", headers=bearer(MERCHANT),
+                                   json={"id": "mine", "url": f"{endpoint.url}/m"})
+    assert elsewhere.status == 404  # strict-eu's token, shop-eu's hooks
+    gone = await console.delete("/api/hooks/shop-eu/crm", headers=ops)
+    assert (await gone.json())["deleted"] == "shop-eu/crm"
+    assert (await console.delete("/api/hooks/shop-eu/crm", headers=ops)).status == 404

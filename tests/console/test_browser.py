@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from rq import Queue, SimpleWorker
@@ -134,6 +135,10 @@ def test_an_operator_follows_a_payment_and_mends_its_hook_in_the_pages(
         redis_client: redis.Redis) -> None:
     settings, ingress, console = stack
     endpoint.script("/orders", default=Answer(503, body=b"maintenance"))
+    made = httpx.post(f"{console}/api/hooks/shop-eu", timeout=10,
+                      headers={"Authorization": f"Bearer {OPERATOR}"},
+                      json={"id": "crm", "url": f"{endpoint.url}/crm"})
+    assert made.status_code == 201  # a hook made through the API, while workers run
     sims = str(settings.merchants["shop-eu"].netaxept.base_url)  # type: ignore[union-attr]
     assert simulate("netaxept", merchant="shop-eu", ingress=ingress, simulators=sims,
                     settings=settings) == 0
@@ -141,6 +146,8 @@ def test_an_operator_follows_a_payment_and_mends_its_hook_in_the_pages(
     events = recent_events(redis_client, "shop-eu")
     order = events[0].data.order_id
     assert order is not None and len(events) == 2  # authorized, captured
+    crm = [r.headers["webhook-id"] for r in endpoint.requests_to("/crm")]
+    assert sorted(crm) == sorted(e.id for e in events)  # it got them, no restart needed
 
     ops = Pages(browser, console, OPERATOR)
     assert "Overview" in ops.page.title()
@@ -160,7 +167,7 @@ def test_an_operator_follows_a_payment_and_mends_its_hook_in_the_pages(
     ops.shot("event")
 
     ops.open("/hooks")
-    assert "paused" in ops.page.inner_text("main")
+    assert "paused" in ops.page.inner_text("main") and "shop-eu/crm" in ops.page.content()
     ops.shot("hooks")
     endpoint.script("/orders", default=Answer(200))
     ops.page.click("text=Resume")  # the only paused hook: shop-eu/orders
