@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import structlog
 from aiohttp import web
@@ -198,7 +198,7 @@ async def overview_page(request: web.Request) -> web.Response:
 async def events_page(request: web.Request) -> web.StreamResponse:
     query = dict(request.query)
     if query.get("event"):
-        raise web.HTTPSeeOther(f"/events/{query['event'].strip()}")
+        raise web.HTTPSeeOther(f"/events/{quote(query['event'].strip(), safe='')}")
     try:
         where = api.event_filter(request)
         limit = api.limit_of(request)

@@ -179,6 +179,7 @@ HOSTILE_PATHS = [
     "/api/callbacks?outcome=lost", "/api/callbacks/cb_%2e%2e", "/api/callbacks/" + "c" * 5000,
     "/api/hooks?merchant=nobody", "/api/hooks/../../x/resume", "/events?since=garbage",
     "/events/evt_<script>", "/callbacks/<script>alert(1)</script>", "/events?limit=0",
+    "/events?event=x%0d%0aSet-Cookie:%20a=b", "/events?event=../../hooks",
 ]
 HOSTILE_POSTS: list[tuple[str, dict[str, Any]]] = [
     ("/api/hooks/shop-eu/orders/pause", {"data": b"\xff\xfe{not json"}),
