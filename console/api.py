@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,7 +18,7 @@ from console import data
 from console.auth import Actor
 from console.keys import ACTOR, REDIS, SETTINGS
 from shared.models import EventType, PaymentEvent
-from shared.settings import PROVIDER_SECTIONS, parse_duration
+from shared.settings import PROVIDER_SECTIONS, parse_duration, parse_moment
 from workers import callbacks, hook_store, hooks, listing, replay
 
 log = structlog.get_logger("payhooks.console")
@@ -59,15 +57,9 @@ def moment(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return time.time() - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        found = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{value!r} is neither a time (ISO 8601) nor an age (30m, 2h, 3d)"
-                         ) from None
-    return (found if found.tzinfo else found.replace(tzinfo=UTC)).timestamp()
+        return parse_moment(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def limit_of(request: web.Request, default: int = 50) -> int:
@@ -110,15 +102,18 @@ async def get_overview(request: web.Request) -> web.Response:
     return answer(await off_loop(data.overview, request.app[REDIS], actor_of(request)))
 
 
+async def event_rows(request: web.Request) -> list[dict[str, Any]]:
+    """The events the query asks for, newest first, each with its deliveries' states."""
+    where, limit = event_filter(request), limit_of(request)
+    redis, settings = request.app[REDIS], request.app[SETTINGS]
+    found = await off_loop(listing.find_events, redis, where, limit)
+    return [{**event.model_dump(mode="json"),
+             "deliveries": await off_loop(listing.delivery_states, redis, settings, event)}
+            for event in found]
+
+
 async def find_events(request: web.Request) -> web.Response:
-    where = event_filter(request)
-    found = await off_loop(listing.find_events, request.app[REDIS], where, limit_of(request))
-    settings = request.app[SETTINGS]
-    rows = []
-    for event in found:
-        states = await off_loop(listing.delivery_states, request.app[REDIS], settings, event)
-        rows.append({**event.model_dump(mode="json"), "deliveries": states})
-    return answer({"events": rows})
+    return answer({"events": await event_rows(request)})
 
 
 async def visible_event(request: web.Request) -> PaymentEvent:

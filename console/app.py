@@ -16,7 +16,7 @@ from redis import Redis
 from console import api, auth, data, pages
 from console.keys import ACTOR, REDIS, SETTINGS
 from shared.settings import Settings
-from workers import callbacks, hooks, listing
+from workers import callbacks, hooks
 
 log = structlog.get_logger("payhooks.console")
 OPEN = ("/login", "/static/console.css", "/healthz")
@@ -200,15 +200,9 @@ async def events_page(request: web.Request) -> web.StreamResponse:
     if query.get("event"):
         raise web.HTTPSeeOther(f"/events/{quote(query['event'].strip(), safe='')}")
     try:
-        where = api.event_filter(request)
-        limit = api.limit_of(request)
+        rows = await api.event_rows(request)
     except api.BadRequest as exc:
         return _html(pages.events_page([], query, request[ACTOR], str(exc)), status=400)
-    redis, settings = request.app[REDIS], request.app[SETTINGS]
-    found = await api.off_loop(listing.find_events, redis, where, limit)
-    rows = [{**event.model_dump(mode="json"),
-             "deliveries": await api.off_loop(listing.delivery_states, redis, settings, event)}
-            for event in found]
     return _html(pages.events_page(rows, query, request[ACTOR]))
 
 

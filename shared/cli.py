@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import ConfigError
-from shared.settings import PROVIDER_SECTIONS, Settings, load_settings, parse_duration
+from shared.settings import (
+    PROVIDER_SECTIONS,
+    Settings,
+    load_settings,
+    parse_duration,
+    parse_moment,
+)
 
 STATUSES = ["captured", "authorized", "pending", "refunded", "voided", "failed", "chargeback",
             "chargeback_reversed"]
@@ -467,16 +471,9 @@ def _moment(value: str) -> float:
     """A time given as ISO 8601 or as an age ("2h": two hours ago), as a Unix time (an
     argparse type: a bad one is a usage error, told with the option's name)."""
     try:
-        return time.time() - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is neither a time (ISO 8601: 2026-12-01T10:00) nor an age "
-            "(30m, 2h, 3d)") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        return parse_moment(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _optional(module: str, missing: str) -> Any:

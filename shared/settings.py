@@ -13,8 +13,10 @@ import fnmatch
 import ipaddress
 import os
 import re
+import time
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -63,6 +65,21 @@ def parse_duration(value: object) -> float:
     if not seconds <= MAX_DURATION:  # also NaN, and "9999...9" that floats make infinite
         raise ValueError("a duration of at most ten years")
     return seconds
+
+
+def parse_moment(value: str) -> float:
+    """A moment given as ISO 8601 (UTC unless it says) or as an age ("2h": two hours ago),
+    as a Unix time; ValueError for anything else."""
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a time (ISO 8601: 2026-12-01T10:00) nor an "
+                         "age (30m, 2h, 3d)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

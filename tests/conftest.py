@@ -32,6 +32,7 @@ from shared.logging import configure_logging
 from shared.sandbox.redis_server import RedisServer, answers
 from shared.sandbox.simulators import Simulators
 from shared.sandbox.simulators.client import SimulatorClient
+from shared.sandbox.simulators.merchant import MerchantEndpoint
 from shared.settings import LoggingSettings, Settings, settings_from_dict
 from tests.helpers import (
     SECRETS,
@@ -42,6 +43,14 @@ from tests.helpers import (
 )
 from workers import runtime as runtimes
 from workers.runtime import Runtime
+
+
+@pytest.fixture
+def endpoint() -> Iterator[MerchantEndpoint]:
+    """A merchant endpoint on 127.0.0.1 that records what it receives (script its answers
+    with `endpoint.script`)."""
+    with MerchantEndpoint() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

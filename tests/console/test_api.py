@@ -36,10 +36,6 @@ def console_config(redis_url: str, sims_url: str, endpoint_url: str) -> dict[str
     return config
 
 
-@pytest.fixture
-def endpoint() -> Iterator[MerchantEndpoint]:
-    with MerchantEndpoint() as server:
-        yield server
 
 
 @pytest.fixture

@@ -44,10 +44,6 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-@pytest.fixture
-def endpoint() -> Iterator[MerchantEndpoint]:
-    with MerchantEndpoint() as server:
-        yield server
 
 
 @pytest.fixture

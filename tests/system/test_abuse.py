@@ -166,10 +166,6 @@ def attacker() -> Iterator[Attacker]:
     host.close()
 
 
-@pytest.fixture
-def endpoint() -> Iterator[MerchantEndpoint]:
-    with MerchantEndpoint() as server:
-        yield server
 
 
 class BurstWorker(SimpleWorker):

@@ -40,14 +40,6 @@ from workers.tasks import process_callback
 
 
 @pytest.fixture
-def endpoint() -> Iterator[MerchantEndpoint]:
-    with MerchantEndpoint() as server:
-        yield server
-
-
-
-
-@pytest.fixture
 def delivering(worker_runtime: Runtime, endpoint: MerchantEndpoint,
                redis_client: redis.Redis, sims: Any) -> Iterator[Runtime]:
     """The runtime with shop-eu's hooks pointed at the endpoint (/orders, /refunds)."""

@@ -52,10 +52,6 @@ from workers.tasks import process_callback
 MERCHANT = "shop-eu"
 
 
-@pytest.fixture
-def endpoint() -> Iterator[MerchantEndpoint]:
-    with MerchantEndpoint() as server:
-        yield server
 
 
 @pytest.fixture

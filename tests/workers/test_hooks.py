@@ -33,12 +33,6 @@ from workers.tasks import process_callback
 
 
 @pytest.fixture
-def endpoint() -> Iterator[MerchantEndpoint]:
-    with MerchantEndpoint() as server:
-        yield server
-
-
-@pytest.fixture
 def setup(worker_runtime: Runtime, endpoint: MerchantEndpoint, sims: Any, tmp_path: Path
           ) -> Iterator[tuple[Runtime, Path]]:
     """The runtime with shop-eu's hooks at the endpoint (pausing after 2 failures), and the
