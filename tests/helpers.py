@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from shared.sandbox import dev, processes
 from shared.sandbox.simulators import callbacks as build
 from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import Settings, settings_from_dict
+from workers import runtime as runtimes
 from workers import worker as worker_main
 from workers.runtime import Runtime
 
@@ -442,6 +444,23 @@ def config_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any
     orders.update(url=f"{endpoint_url}/orders", secret=[HOOK_SECRET, OLD_SECRET])
     refunds.update(url=f"{endpoint_url}/refunds")
     return config
+
+
+@contextlib.contextmanager
+def runtime_with(worker_runtime: Runtime, config: dict[str, Any], path: Path | None = None
+                 ) -> Iterator[Runtime]:
+    """The runtime the jobs in this process use, on this configuration (written to `path`
+    too, for the CLI), sharing the worker runtime's Redis and HTTP clients; the worker
+    runtime again afterwards."""
+    if path is not None:
+        path.write_text(to_toml(config))
+    runtime = Runtime(settings_from_dict(config, environ={}), worker_runtime.redis,
+                      worker_runtime.http)
+    runtimes.install(runtime)
+    try:
+        yield runtime
+    finally:
+        runtimes.install(worker_runtime)
 
 
 def settings_for(redis_url: str, sims_url: str, endpoint_url: str, **delivery: Any) -> Settings:

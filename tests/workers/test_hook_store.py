@@ -34,8 +34,8 @@ from tests.helpers import (
     config_for,
     leak_forms,
     netaxept,
+    runtime_with,
     secrets_in,
-    to_toml,
     wait_until,
     work,
 )
@@ -62,12 +62,8 @@ def setup(worker_runtime: Runtime, endpoint: MerchantEndpoint, sims: Any, tmp_pa
     config = config_for(worker_runtime.settings.redis_url, sims.url, endpoint.url,
                         retry_schedule=["100s", "200s"])
     path = tmp_path / "payhooks.toml"
-    path.write_text(to_toml(config))
-    runtime = Runtime(settings_from_dict(config, environ={}), worker_runtime.redis,
-                      worker_runtime.http)
-    runtimes.install(runtime)
-    yield runtime, path
-    runtimes.install(worker_runtime)
+    with runtime_with(worker_runtime, config, path) as runtime:
+        yield runtime, path
 
 
 def ids(runtime: Runtime, include_disabled: bool = False) -> list[str]:

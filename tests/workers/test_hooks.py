@@ -23,9 +23,7 @@ from rq.serializers import JSONSerializer
 from shared.queue import DELIVERIES
 from shared.sandbox.simulators.client import SimulatorClient
 from shared.sandbox.simulators.merchant import Answer, MerchantEndpoint
-from shared.settings import settings_from_dict
-from tests.helpers import config_for, netaxept, secrets_in, to_toml
-from workers import runtime as runtimes
+from tests.helpers import config_for, netaxept, runtime_with, secrets_in
 from workers.events import LOOK_AGAIN, delivery_job_id
 from workers.listing import delivery_states, recent_events
 from workers.runtime import Runtime
@@ -40,12 +38,8 @@ def setup(worker_runtime: Runtime, endpoint: MerchantEndpoint, sims: Any, tmp_pa
     config = config_for(worker_runtime.settings.redis_url, sims.url, endpoint.url,
                         retry_schedule=["100s", "200s", "300s"], pause_after=2)
     path = tmp_path / "payhooks.toml"
-    path.write_text(to_toml(config))
-    runtime = Runtime(settings_from_dict(config, environ={}), worker_runtime.redis,
-                      worker_runtime.http)
-    runtimes.install(runtime)
-    yield runtime, path
-    runtimes.install(worker_runtime)
+    with runtime_with(worker_runtime, config, path) as runtime:
+        yield runtime, path
 
 
 def work(runtime: Runtime) -> None:
