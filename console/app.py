@@ -15,6 +15,7 @@ from redis import Redis
 
 from console import api, auth, data, pages
 from console.keys import ACTOR, REDIS, SETTINGS
+from shared.redis_client import connect
 from shared.settings import Settings
 from workers import callbacks, hooks
 
@@ -32,7 +33,7 @@ HEADERS = {
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[SETTINGS] = settings
-    app[REDIS] = redis or Redis.from_url(settings.redis_url, socket_timeout=10,
+    app[REDIS] = redis or connect(settings.redis_url, socket_timeout=10,
                                          socket_connect_timeout=5)
     app.cleanup_ctx.append(_close_redis)
     app.router.add_get("/healthz", healthz)

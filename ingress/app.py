@@ -21,6 +21,7 @@ from ingress.store import JobStore
 from shared.logging import flush_logs
 from shared.providers import PROVIDERS, build_providers
 from shared.queue import callback_template
+from shared.redis_client import connect_async
 from shared.settings import Settings
 
 
@@ -88,7 +89,7 @@ def _route(app: web.Application, method: str, path: str, handler: handlers.Handl
 
 def connect_redis(url: str) -> Redis:
     """A client that gives up fast: while Redis is down, callbacks get 503, not a hang."""
-    return Redis.from_url(
+    return connect_async(
         url,
         socket_timeout=2.0,
         socket_connect_timeout=1.0,
@@ -115,7 +116,9 @@ async def _flush_stdout(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis_and_store(app: web.Application) -> AsyncIterator[None]:
     redis = connect_redis(app[SETTINGS].redis_url)
-    store = JobStore(redis, callback_template())
+    settings = app[SETTINGS].ingress
+    store = JobStore(redis, callback_template(), min_replicas=settings.min_replicas,
+                     replica_timeout=settings.replica_timeout)
     await store.start()
     app[REDIS] = redis
     app[STORE] = store

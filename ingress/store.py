@@ -36,10 +36,20 @@ class _Pending:
 STORE_DEADLINE = 2.0  # seconds from a callback's arrival at the store to its answer
 
 
+class NotReplicated(RedisError):
+    """The batch reached the primary but fewer replicas than `min_replicas` in time."""
+
+
 class JobStore:
     def __init__(self, redis: Redis, template: JobTemplate, max_batch: int = 512,
-                 deadline: float = STORE_DEADLINE) -> None:
+                 deadline: float = STORE_DEADLINE, min_replicas: int = 0,
+                 replica_timeout: float = 0.05) -> None:
         self._pool = redis.connection_pool
+        # with min_replicas, a batch is acknowledged only once that many replicas have it:
+        # WAIT, sent with the batch's EVALSHA in the same write (no round trip more)
+        self._wait = (resp_command("WAIT", min_replicas, max(1, round(replica_timeout * 1000)))
+                      if min_replicas else b"")
+        self._min_replicas = min_replicas
         self._template = template
         self._max_batch = max_batch
         self._pending: list[_Pending] = []
@@ -95,18 +105,28 @@ class JobStore:
 
     async def _write(self, jobs: list[PendingJob]) -> None:
         """Send the batch as one EVALSHA that the template encoded (redis-py's encoder took a
-        tenth of the ingress's CPU); load the script first when Redis does not know it."""
+        tenth of the ingress's CPU); load the script first when Redis does not know it.
+        With min_replicas, WAIT follows in the same write; too few replicas is
+        NotReplicated (the batch is on the primary, but not yet safe from its loss)."""
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(self._template.evalsha_command(jobs))
+            await connection.send_packed_command(self._template.evalsha_command(jobs)
+                                                 + self._wait)
             try:
                 await connection.read_response()
             except NoScriptError:
+                if self._wait:
+                    await connection.read_response()  # the WAIT sent with it
                 await connection.send_packed_command(
                     resp_command("SCRIPT", "LOAD", ENQUEUE_SCRIPT))
                 await connection.read_response()
-                await connection.send_packed_command(self._template.evalsha_command(jobs))
+                await connection.send_packed_command(self._template.evalsha_command(jobs)
+                                                     + self._wait)
                 await connection.read_response()
+            if self._wait:
+                replicas = int(await connection.read_response())
+                if replicas < self._min_replicas:
+                    raise NotReplicated(f"{replicas} of {self._min_replicas} replicas")
         finally:
             await self._pool.release(connection)
 

@@ -203,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_ingress.add_argument("--quick", action="store_true", help="one round of 2 s, for CI")
     bench_ingress.add_argument("--appendfsync", choices=["everysec", "always"],
                                help="Redis with AOF and this fsync policy (default: none)")
+    bench_ingress.add_argument("--min-replicas", type=int, default=0, metavar="N",
+                               help="N replicas, and [ingress] min_replicas = N (default 0)")
     bench_ingress.set_defaults(run=_bench_ingress)
     bench_delivery = bench_parts.add_parser(
         "delivery", help="deliveries/s to an endpoint that answers at once, and with a hook "
@@ -294,12 +296,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from redis import Redis
-
+    from shared.redis_client import connect
     from workers import listing
 
     settings = _settings(args)
-    with Redis.from_url(settings.redis_url) as redis:
+    with connect(settings.redis_url) as redis:
         if args.event:
             event = listing.get_event(redis, args.event)
             if event is None:
@@ -325,12 +326,11 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _callbacks(args: argparse.Namespace) -> int:
-    from redis import Redis
-
+    from shared.redis_client import connect
     from workers import callbacks
 
     settings = _settings(args)
-    with Redis.from_url(settings.redis_url) as redis:
+    with connect(settings.redis_url) as redis:
         found = callbacks.troubled_callbacks(redis, outcome=args.outcome,
                                              merchant=args.merchant, provider=args.provider)
         if args.id:
@@ -347,12 +347,11 @@ def _callbacks(args: argparse.Namespace) -> int:
 
 
 def _hooks(args: argparse.Namespace) -> int:
-    from redis import Redis
-
+    from shared.redis_client import connect
     from workers import hooks
 
     settings = _settings(args)
-    with Redis.from_url(settings.redis_url) as redis:
+    with connect(settings.redis_url) as redis:
         if args.action is None:
             found = hooks.health(redis, settings, args.merchant)
             for entry in found:
@@ -383,13 +382,12 @@ def _json_line(record: dict[str, Any]) -> str:
 
 
 def _resend(args: argparse.Namespace) -> int:
-    from redis import Redis
-
+    from shared.redis_client import connect
     from workers.listing import get_event
     from workers.replay import resend
 
     settings = _settings(args)
-    with Redis.from_url(settings.redis_url) as redis:
+    with connect(settings.redis_url) as redis:
         event = get_event(redis, args.event)
         if event is None:
             print(f"payhooks resend: no event {args.event} (unknown, or older than the 10 days "
@@ -409,14 +407,13 @@ def _resend(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from redis import Redis
-
+    from shared.redis_client import connect
     from workers.replay import dead_letters, replay, text_progress
 
     settings = _settings(args)
     if args.unsupported:
         return _replay_unsupported(args, settings)
-    with Redis.from_url(settings.redis_url) as redis:
+    with connect(settings.redis_url) as redis:
         letters = dead_letters(redis, event=args.event, hook=args.hook, merchant=args.merchant,
                                since=args.since, until=args.until)
         listed = [f"{letter.merchant} {letter.event} -> {letter.hook}" for letter in letters]
@@ -430,11 +427,10 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _replay_unsupported(args: argparse.Namespace, settings: Settings) -> int:
-    from redis import Redis
-
+    from shared.redis_client import connect
     from workers.unsupported import replay_unsupported, unsupported_callbacks
 
-    with Redis.from_url(settings.redis_url) as redis:
+    with connect(settings.redis_url) as redis:
         found = unsupported_callbacks(redis, merchant=args.merchant, provider=args.provider,
                                       since=args.since, until=args.until)
         listed = [f"{entry.merchant} {entry.provider} {entry.callback_id}: {entry.reason}"
@@ -542,6 +538,7 @@ def _bench_ingress(args: argparse.Namespace) -> int:
         providers=[p for p in args.providers.split(",") if p],
         rounds=1 if args.quick else args.rounds,
         appendfsync=args.appendfsync,
+        replicas=args.min_replicas,
     ))
 
 

@@ -35,6 +35,7 @@ from pydantic import (
 
 from shared.errors import ConfigError
 from shared.models import EventType
+from shared.redis_client import is_sentinel, parse_sentinel_url
 
 DEFAULT_PATH = "payhooks.toml"
 _ID_PATTERN = r"^[a-z0-9-]{1,64}$"
@@ -270,6 +271,11 @@ class IngressSettings(_Section):
     # open connections at most; by default (and at most) the soft limit on open files less
     # 256 (ingress/connections.py)
     max_connections: int | None = Field(default=None, ge=1)
+    # Acknowledge a callback only once this many replicas hold it (Redis WAIT after each
+    # batch, within replica_timeout; else 503): a primary that dies cannot take an
+    # acknowledged callback with it. 0: acknowledged once the primary has it.
+    min_replicas: int = Field(default=0, ge=0, le=16)
+    replica_timeout: Duration = 0.05
 
 
 class DeliverySettings(_Section):
@@ -297,7 +303,8 @@ class LoggingSettings(_Section):
 
 
 class Settings(_Section):
-    redis_url: Annotated[str, StringConstraints(pattern=r"^(redis|rediss|unix)://")] = (
+    redis_url: Annotated[str, StringConstraints(
+        pattern=r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://")] = (
         "redis://localhost:6379/0"
     )
     ingress: IngressSettings = IngressSettings()
@@ -305,6 +312,13 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     console: ConsoleSettings = ConsoleSettings()
     merchants: dict[Id, MerchantSettings] = {}
+
+    @field_validator("redis_url")
+    @classmethod
+    def _readable_sentinel_url(cls, url: str) -> str:
+        if is_sentinel(url):
+            parse_sentinel_url(url)  # its ValueError names what is wrong
+        return url
 
 
 def load_settings(
@@ -411,7 +425,8 @@ def _plain(error: Any, location: tuple[str | int, ...]) -> str:
         if context.get("pattern") == _ID_PATTERN:
             return "an id may hold only a-z, 0-9 and '-', 1 to 64 characters"
         if location == ("redis_url",):
-            return "expected a URL that starts with redis://, rediss:// or unix://"
+            return ("expected a URL that starts with redis://, rediss://, unix:// or "
+                    "redis+sentinel:// (rediss+sentinel://)")
         return "not of the expected form"
     if kind == "literal_error":
         return f"expected one of {context.get('expected', '')}"

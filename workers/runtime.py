@@ -32,6 +32,7 @@ from shared.http import PROVIDER_DEADLINE, make_client
 from shared.keys import RUNTIME_HOOKS_VERSION, provider_in_flight_key, rate_limit_key
 from shared.providers import build_providers
 from shared.providers.base import FollowUp, Provider
+from shared.redis_client import connect
 from shared.settings import HookSettings, Settings, load_settings
 from workers import hook_store
 
@@ -75,7 +76,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings, http: httpx.Client | None = None) -> Runtime:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+        redis = connect(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                health_check_interval=30)
         return cls(settings, redis, http or make_client())
 

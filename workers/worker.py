@@ -67,6 +67,7 @@ from shared.keys import WRITE_PROBE
 from shared.lifetime import stop_with_this_process
 from shared.logging import configure_logging
 from shared.queue import CALLBACKS, DELIVERIES
+from shared.redis_client import connect
 from shared.settings import Settings
 from workers import runtime
 from workers.runtime import Runtime
@@ -269,7 +270,7 @@ def build_worker(settings: Settings, queues: tuple[str, ...] = (CALLBACKS, DELIV
                  name: str | None = None) -> Worker:
     """A worker for these settings, with the job runtime installed in this process."""
     runtime.install(Runtime.from_settings(settings))
-    connection = Redis.from_url(settings.redis_url)
+    connection = connect(settings.redis_url)
     worker = Worker(
         [SafeQueue(queue, connection=connection, serializer=JSONSerializer) for queue in queues],
         connection=connection, serializer=JSONSerializer, name=name, queue_class=SafeQueue,

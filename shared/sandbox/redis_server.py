@@ -77,6 +77,7 @@ class RedisServer:
     appendonly: bool = False
     appendfsync: str = "everysec"
     directory: Path | None = None  # default: a temporary folder, removed by close()
+    replica_of: int | None = None  # a replica of the server on this port of 127.0.0.1
     process: subprocess.Popen[bytes] | None = None
     _temporary: Path | None = field(default=None, init=False, repr=False)
 
@@ -92,7 +93,10 @@ class RedisServer:
             "--save", "", "--dir", str(self.directory), "--daemonize", "no",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync, "--loglevel", "warning",
+            "--repl-diskless-sync-delay", "0",  # a replica is in sync at once, not in 5 s
         ]
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not answers(self.url, timeout=0.2):

@@ -189,10 +189,11 @@ def _toml(table: dict[str, Any], name: str = "") -> list[str]:
     return lines
 
 
-def write_config(redis_url: str, path: Path) -> None:
+def write_config(redis_url: str, path: Path, min_replicas: int = 0) -> None:
     """The ingress config: one merchant with all four providers, JSON log lines at info."""
     raw: dict[str, Any] = {
         "redis_url": redis_url,
+        "ingress": {"min_replicas": min_replicas},
         "logging": {"level": "info", "format": "json"},
         "merchants": {MERCHANT: {
             "ixopay": {"shared_secret": IXOPAY_SECRET},
@@ -325,13 +326,18 @@ def _persistence(client: redis.Redis) -> str:
     return f"AOF, appendfsync {client.config_get('appendfsync')['appendfsync']}"
 
 
+def _replicas(client: redis.Redis) -> str:
+    count = int(client.info("replication").get("connected_slaves", 0))
+    return f", {count} replica(s), min_replicas = {count}" if count else ""
+
+
 def header(setup: Setup, seconds: float, connections: int, server_cpu: int, rounds: int) -> str:
     return (
         f"payhooks ingress benchmark: {connections} connections, medians of {rounds} rounds of "
         f"{seconds:g} s (bare, then ingress), wrk "
         f"on CPU {setup.load_cpu}, server on CPU {server_cpu}, Redis "
         f"{setup.redis.info('server')['redis_version']} ({_persistence(setup.redis)}, on CPU "
-        f"{setup.load_cpu})"
+        f"{setup.load_cpu}){_replicas(setup.redis)}"
         f"\nmachine: {os.cpu_count()} cores, {cpu_model()}, "
         f"Python {platform.python_version()}, aiohttp {package_version('aiohttp')}, uvloop "
         f"{package_version('uvloop')}; {REQUESTS_PER_PROVIDER} distinct requests per provider\n"
@@ -365,17 +371,22 @@ def summary(rows: list[Row]) -> list[str]:
 
 
 def start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int],
-           appendfsync: str | None) -> Setup:
-    """Redis, the ingress and the bare server, each stopped when `stack` closes."""
+           appendfsync: str | None, replicas: int = 0) -> Setup:
+    """Redis (with `replicas` replicas, and the ingress waiting for them all), the ingress
+    and the bare server, each stopped when `stack` closes."""
     directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="payhooks-bench-")))
     server = RedisServer(appendonly=appendfsync is not None,
                          appendfsync=appendfsync or "everysec")
-    process = stack.enter_context(server).process
-    if process is not None:  # pin every thread: Redis starts its I/O threads early
-        for task in Path(f"/proc/{process.pid}/task").iterdir():
-            os.sched_setaffinity(int(task.name), {cpus[1]})
+    processes = [stack.enter_context(server).process]
+    for _ in range(replicas):
+        processes.append(stack.enter_context(RedisServer(replica_of=server.port)).process)
+    for process in processes:  # pin every thread: Redis starts its I/O threads early
+        if process is not None:
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), {cpus[1]})
     client = stack.enter_context(redis.Redis.from_url(server.url))
-    write_config(server.url, directory / "payhooks.toml")
+    wait_for_replicas(client, replicas)
+    write_config(server.url, directory / "payhooks.toml", min_replicas=replicas)
     (directory / "requests.lua").write_text(_LUA_SCRIPT, encoding="ascii")
     ingress = start_server(stack, [sys.executable, "-m", "shared.cli", "ingress", "--config",
                                    str(directory / "payhooks.toml"), "--host", "127.0.0.1",
@@ -386,8 +397,20 @@ def start(stack: contextlib.ExitStack, wrk: list[str], cpus: tuple[int, int],
     return Setup(wrk, cpus[1], bare, ingress, client, directory)
 
 
+def wait_for_replicas(client: redis.Redis, replicas: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.info("replication")
+        if sum(info.get(f"slave{n}", {}).get("state") == "online"
+               for n in range(replicas)) == replicas:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{replicas} replicas did not come in sync")
+        time.sleep(0.1)
+
+
 def run(duration: float, connections: int, providers: list[str], rounds: int = 3,
-        appendfsync: str | None = None) -> int:
+        appendfsync: str | None = None, replicas: int = 0) -> int:
     """Run the benchmark and print its table; 0 when every request was answered and stored."""
     unknown = [p for p in providers if p not in BUILDERS]
     if unknown or not providers:
@@ -404,7 +427,8 @@ def run(duration: float, connections: int, providers: list[str], rounds: int = 3
     rows: list[Row] = []
     try:
         with contextlib.ExitStack() as stack:
-            setup = start(stack, [wrk, "-t1", f"-c{connections}"], cpus, appendfsync)
+            setup = start(stack, [wrk, "-t1", f"-c{connections}"], cpus, appendfsync,
+                          replicas)
             print(header(setup, duration, connections, cpus[0], rounds), flush=True)
             for provider in providers:
                 rows.append(bench_provider(setup, provider, duration, rounds))
