@@ -193,7 +193,8 @@ def test_every_problem_of_a_file_is_told_in_one_run() -> None:
     assert str(raised.value).splitlines() == [
         "config: merchants.shop-eu.netaxept.token: environment variable NX_TOKEN is not set",
         "config: merchants.shop-eu.payex.token: environment variable PX_TOKEN is not set",
-        "config: redis_url: expected a URL that starts with redis://, rediss:// or unix://",
+        "config: redis_url: expected a URL that starts with redis://, rediss://, unix:// or "
+        "redis+sentinel:// (rediss+sentinel://)",
         "config: logging.level: expected one of 'debug', 'info', 'warning' or 'error'",
         "config: merchants.shop-eu.netaxept.base_url: not a URL: expected http://host/... or "
         "https://host/...",
