@@ -18,18 +18,23 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
+from rq import Queue
+from rq.serializers import JSONSerializer
 
 from ingress.app import create_app
 from shared.redis_client import connect
 from shared.sandbox.redis_server import free_port, redis_server_binary
 from shared.settings import settings_from_dict
-from tests.helpers import MERCHANT_CONFIG, ixopay_body, ixopay_headers, queued_callbacks
+from tests.helpers import MERCHANT_CONFIG, RUNS, ixopay_body, ixopay_headers, queued_callbacks
+from workers import runtime as runtimes
+from workers.worker import build_worker
 
 SERVICE = "payhooks-primary"
 KILL_AT = 2.0  # seconds into the load
@@ -168,3 +173,33 @@ async def test_a_failover_loses_no_acknowledged_callback_with_min_replicas(
     assert back is not None, "the ingress did not follow the failover"
     if min_replicas:
         assert lost == set()
+
+
+def test_payhooks_workers_and_their_scheduler_follow_a_failover(cluster: Cluster) -> None:
+    """The worker payhooks builds (workers/worker.py), on the Sentinel URL: a job queued
+    before the failover and one scheduled after it both run, RQ's scheduler (which makes
+    its own connection from the worker's) included."""
+    settings = settings_from_dict({"redis_url": cluster.url}, environ={})
+    client = connect(cluster.url, socket_timeout=5)
+    queue = Queue("callbacks", connection=client, serializer=JSONSerializer)
+    try:
+        queue.enqueue("tests.helpers.slow_job", 0)
+        build_worker(settings, queues=("callbacks",)).work(burst=True, with_scheduler=True)
+        assert client.get(RUNS) == b"1"
+        cluster.kill_primary()
+        deadline = time.monotonic() + 30
+        while True:  # the Sentinels promote a replica: the same client reaches it
+            try:
+                client.ping()
+                address = client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+                if address[1] != cluster.primary:
+                    break
+            except (redis.RedisError, OSError):
+                pass
+            assert time.monotonic() < deadline, "no primary after the failover"
+            time.sleep(0.2)
+        queue.enqueue_in(timedelta(seconds=0), "tests.helpers.slow_job", 0)  # the scheduler's
+        build_worker(settings, queues=("callbacks",)).work(burst=True, with_scheduler=True)
+        assert client.get(RUNS) == b"2"
+    finally:
+        runtimes.install(None)
