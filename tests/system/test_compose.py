@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.settings import settings_from_dict
 from tests.helpers import ROOT
 
 ROOT = ROOT
@@ -114,3 +115,29 @@ def test_the_dashboard_gets_no_merchant_secret_and_a_missing_config_is_no_direct
         # the short form "./payhooks.toml:/etc/..." made a directory when the file was missing
         assert mount == {"type": "bind", "source": "./payhooks.toml",
                          "target": "/etc/payhooks/payhooks.toml", "read_only": True}
+
+
+def test_the_high_availability_file_adds_a_replica_and_sentinels_and_points_payhooks_at_them(
+        tmp_path: Path) -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is missing; .ci/run installs it")
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    for name in ("compose.yaml", "compose.ha.yaml", ".env.example", "Dockerfile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".env").write_text((tmp_path / ".env.example").read_text().replace(
+        "RQ_DASHBOARD_PASSWORD=", "RQ_DASHBOARD_PASSWORD=example"))
+    (tmp_path / "payhooks.toml").write_text("")
+    files = ["-f", "compose.yaml", "-f", "compose.ha.yaml"]
+    merged = subprocess.run([binary, *files, "config"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    services = yaml.safe_load(merged)["services"]
+    assert {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(services)
+    for name in ("ingress", "worker", "console"):
+        url = services[name]["environment"]["PAYHOOKS_REDIS_URL"]
+        assert url.startswith("redis+sentinel://sentinel-1:26379,")
+        settings_from_dict({"redis_url": url}, environ={})  # payhooks reads it
+    assert "--replicaof" in services["redis-replica"]["command"]
+    assert "sentinel monitor payhooks redis 6379 2" in " ".join(
+        services["sentinel-1"]["command"])
