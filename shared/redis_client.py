@@ -101,9 +101,9 @@ def connect_async(url: str, **options: Any) -> AsyncRedis:
 
 
 def without_password(url: str) -> str:
-    """The URL as it may be logged or shown."""
+    """The URL as it may be logged or shown: its credentials, if any, as `***`."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
-    hosts = parts.netloc.rpartition("@")[2]
+    hosts = parts.netloc.rpartition("@")[2]  # with several Sentinels, not one host:port
     return parts._replace(netloc=f"***@{hosts}").geturl()

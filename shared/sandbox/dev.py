@@ -40,11 +40,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from shared.lifetime import stop_with_this_process
+from shared.redis_client import without_password
 from shared.sandbox.redis_server import RedisServer, answers
 from shared.sandbox.simulators.client import SimulatorClient
 from shared.settings import load_settings
@@ -241,7 +241,7 @@ def run(ports: Ports | None = None, workers: int = 2, redis_url: str | None = No
         print("\n".join(taken), file=sys.stderr)
         return 2
     if redis_url is not None and not answers(redis_url):
-        print(f"payhooks dev: no Redis answers at {_without_password(redis_url)}; leave out "
+        print(f"payhooks dev: no Redis answers at {without_password(redis_url)}; leave out "
               "--redis-url (and PAYHOOKS_REDIS_URL) to have one started here", file=sys.stderr)
         return 2
     own = f"redis://127.0.0.1:{ports.redis}/0"
@@ -283,15 +283,6 @@ def run(ports: Ports | None = None, workers: int = 2, redis_url: str | None = No
         _print_urls(ports, wanted, config, dashboard is not None)
         return _wait(processes)
     return 0
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}{port}"))
 
 
 @contextlib.contextmanager
@@ -356,7 +347,7 @@ def _print_urls(ports: Ports, wanted: Written, config: Path, dashboard: bool) ->
     where = f" (started here, data in {HOME / 'redis'})" if own else " (given)"
     run = command()
     lines = [
-        f"Redis          {_without_password(wanted.redis_url)}{where}",
+        f"Redis          {without_password(wanted.redis_url)}{where}",
         f"ingress        http://127.0.0.1:{ports.ingress}/callbacks/demo/<provider>",
         f"metrics        http://127.0.0.1:{ports.ingress}/metrics",
         f"simulators     http://127.0.0.1:{ports.simulators}/_sim/stats",
