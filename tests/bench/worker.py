@@ -323,9 +323,31 @@ def _delivered(bench: Bench) -> dict[Key, float]:
     return done
 
 
-def _e2e(bench: Bench, rate: float, seconds: float) -> tuple[float, list[float], list[str]]:
+@dataclass(frozen=True)
+class RedisCost:
+    """What Redis itself spent on the measured callbacks, from its INFO before and after:
+    its CPU (user and system) and the commands it ran, per callback, end to end (the
+    ingress's store, the worker's processing, the deliveries to every hook)."""
+
+    cpu_us: float
+    commands: float
+
+    @property
+    def per_core(self) -> float:
+        """Callbacks a second that one Redis core carries at that cost."""
+        return 1e6 / self.cpu_us if self.cpu_us else math.inf
+
+
+def _redis_totals(client: redis.Redis) -> tuple[float, int]:
+    cpu, stats = client.info("cpu"), client.info("stats")
+    return (float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+            int(stats["total_commands_processed"]))
+
+
+def _e2e(bench: Bench, rate: float, seconds: float
+         ) -> tuple[float, list[float], list[str], RedisCost]:
     """The ingress and a continuous worker on CPU 0; fresh callbacks at `rate` for `seconds`
-    after a warm-up; the latency of each, in ms."""
+    after a warm-up; the latency of each, in ms, and Redis's own cost per callback."""
     bench.redis.flushdb()
     warm = [outgoing(bench.admin, n) for n in range(WARMUP)]
     keyed = [outgoing(bench.admin, WARMUP + n) for n in range(max(4, round(rate * seconds)))]
@@ -338,15 +360,19 @@ def _e2e(bench: Bench, rate: float, seconds: float) -> tuple[float, list[float],
                bench.directory / "worker-e2e.log")
         wait(lambda: bench.redis.scard("rq:workers") > 0, 30, "the worker did not start")
         for sent, total in ((warm, warm), (keyed, [*warm, *keyed])):
+            before = _redis_totals(bench.redis)
             acks, achieved = asyncio.run(send(f"http://127.0.0.1:{port}", sent, rate))
             _settle(bench, sum(_expected(total).values()))
+            after = _redis_totals(bench.redis)
+    cost = RedisCost(cpu_us=(after[0] - before[0]) * 1e6 / len(keyed),
+                     commands=(after[1] - before[1]) / len(keyed))
     done = _delivered(bench)
     latencies = [(done[key] - ack) * 1000 for key, ack in acks.items() if key in done]
     problems = _check(bench, [*warm, *keyed])
     if len(latencies) < len(keyed):
         problems.append(f"e2e: {len(keyed) - len(acks)} callbacks not answered 200, "
                         f"{len(acks) - len(latencies)} answered without deliveries")
-    return achieved, latencies, problems
+    return achieved, latencies, problems, cost
 
 
 def percentile(values: Sequence[float], share: float) -> float:
@@ -367,13 +393,17 @@ def header(bench: Bench, count: int, rounds: int, seconds: float) -> str:
         f"end); CPU {bench.cpus[1]}: simulators, Redis, this process (set-up, load generator)")
 
 
-def table(noop_rate: float, rate: float, achieved: float, latencies: list[float]) -> list[str]:
+def table(noop_rate: float, rate: float, achieved: float, latencies: list[float],
+          cost: RedisCost) -> list[str]:
     ratio, p99 = rate / noop_rate, percentile(latencies, 0.99)
     rows = [("no-op jobs/s (RQ ceiling)", noop_rate, 1),
             ("process_callback callbacks/s", rate, 1), ("ratio to no-op", ratio, 2),
             (f"e2e callbacks/s (asked {rate * LOAD_SHARE:.1f})", achieved, 1),
             ("e2e latency p50 ms", percentile(latencies, 0.5), 2), ("e2e latency p99 ms", p99, 2),
-            ("e2e latency max ms", max(latencies, default=math.nan), 2)]
+            ("e2e latency max ms", max(latencies, default=math.nan), 2),
+            ("Redis CPU per callback us (e2e)", cost.cpu_us, 1),
+            ("Redis commands per callback (e2e)", cost.commands, 1),
+            ("callbacks/s one Redis core carries", cost.per_core, 0)]
     return [*(f"{label:<40}{value:>12.{digits}f}" for label, value, digits in rows),
             f"target: ratio >= {TARGET_RATIO:.2f}: {'met' if ratio >= TARGET_RATIO else 'NOT met'}",
             f"target: e2e p99 <= {TARGET_P99_MS:g} ms: "
@@ -390,11 +420,11 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> in
             bench = start(stack, cpus)
             print(header(bench, callbacks, rounds, e2e_seconds), flush=True)
             noop_rate, rate, problems = _rounds(bench, callbacks, max(1, rounds))
-            achieved, latencies, more = _e2e(bench, rate * LOAD_SHARE, e2e_seconds)
+            achieved, latencies, more, cost = _e2e(bench, rate * LOAD_SHARE, e2e_seconds)
     except (BenchError, redis.RedisError, httpx.HTTPError, OSError) as exc:
         print(f"bench: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(table(noop_rate, rate, achieved, latencies)))
+    print("\n".join(table(noop_rate, rate, achieved, latencies, cost)))
     problems += more
     print(f"checks: {'; '.join(problems) or 'every callback gave its events and deliveries'}")
     return 1 if problems else 0
