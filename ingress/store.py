@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shared.errors import StoreUnavailable
 from shared.queue import ENQUEUE_SCRIPT, JobTemplate, PendingJob, resp_command
@@ -115,8 +115,10 @@ class JobStore:
             try:
                 await connection.read_response()
             except NoScriptError:
-                if self._wait:
-                    await connection.read_response()  # the WAIT sent with it
+                if self._wait:  # the WAIT sent with it; refused if this is a replica, and
+                    # then the EVALSHA below is READONLY: the client asks the Sentinels again
+                    with contextlib.suppress(ResponseError):
+                        await connection.read_response()
                 await connection.send_packed_command(
                     resp_command("SCRIPT", "LOAD", ENQUEUE_SCRIPT))
                 await connection.read_response()

@@ -255,6 +255,9 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--seed", type=int, help="seed of the random choices, to repeat a run")
     chaos.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="always",
                        help="Redis's AOF fsync policy during the run (default always)")
+    chaos.add_argument("--failover", action="store_true",
+                       help="a primary, two replicas and three Sentinels instead of one Redis, "
+                            "[ingress] min_replicas = 1, the primary SIGKILLed twice")
     chaos.add_argument("--keep-logs", action="store_true",
                        help="keep the processes' logs (kept anyway when a count is off)")
     chaos.set_defaults(run=_chaos)
@@ -579,6 +582,7 @@ def _chaos(args: argparse.Namespace) -> int:
     plan = chaos.Plan.quick(args.seed) if args.quick else chaos.Plan(seed=args.seed)
     given = {name: getattr(args, name) for name in ("callbacks", "rate", "workers")}
     plan = dataclasses.replace(plan, keep_logs=args.keep_logs, appendfsync=args.appendfsync,
+                               failover=args.failover,
                                **{k: v for k, v in given.items() if v is not None})
     return int(chaos.run(plan))
 

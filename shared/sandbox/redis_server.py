@@ -8,9 +8,11 @@ installs Debian's package with apt-get when running as root.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -127,3 +129,94 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@dataclass
+class SentinelCluster:
+    """A primary, replicas and three Sentinels on 127.0.0.1 (redis-server, and redis-server
+    in Sentinel mode), on free ports: the failover tests' and `payhooks chaos --failover`'s.
+    Sentinels call the primary down after a second; a failover takes about two more."""
+
+    directory: Path
+    service: str = "payhooks-primary"
+    replicas: int = 2
+    appendonly: bool = False
+    appendfsync: str = "everysec"
+    ports: list[int] = field(default_factory=list)  # the primary's first, then the replicas'
+    sentinels: list[int] = field(default_factory=list)
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self, timeout: float = 30.0) -> SentinelCluster:
+        self.ports = [free_port() for _ in range(1 + self.replicas)]
+        self.sentinels = [free_port() for _ in range(3)]
+        for port in self.ports:
+            self.start_server(port)
+        for port in self.sentinels:
+            config = self.directory / f"sentinel-{port}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.ports[0]} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+                f"sentinel parallel-syncs {self.service} {self.replicas}\n")
+            self.processes[port] = subprocess.Popen(
+                [redis_server_binary(), str(config), "--sentinel", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replicas or the Sentinels did not come up")
+            time.sleep(0.1)
+        return self
+
+    def start_server(self, port: int, replica_of: int | None = None) -> None:
+        """The server on `port`: a replica of `replica_of` (default: of the first primary,
+        unless it is that primary)."""
+        data = self.directory / f"redis-{port}"  # its own files, kept across a restart
+        data.mkdir(exist_ok=True)
+        argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                "--save", "", "--dir", str(data),
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", self.appendfsync, "--loglevel", "warning",
+                "--repl-diskless-sync-delay", "0"]
+        primary = replica_of if replica_of is not None else self.ports[0]
+        if port != primary:
+            argv += ["--replicaof", "127.0.0.1", str(primary)]
+        self.processes[port] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+
+    def ready(self) -> bool:
+        try:
+            replication = redis.Redis(port=self.primary()).info("replication")
+            online = sum(replication.get(f"slave{n}", {}).get("state") == "online"
+                         for n in range(len(self.ports) - 1))
+            sentinels = [redis.Redis(port=port).info("sentinel").get("master0", {})
+                         for port in self.sentinels]
+            return online == len(self.ports) - 1 and all(
+                int(found.get("sentinels", 0)) >= len(self.sentinels) for found in sentinels)
+        except (redis.RedisError, OSError, ValueError):
+            return False
+
+    def primary(self) -> int:
+        """The port of the primary, as the Sentinels see it now."""
+        for port in self.sentinels:
+            with contextlib.suppress(redis.RedisError, OSError):
+                found = redis.Redis(port=port).sentinel_get_master_addr_by_name(self.service)
+                if isinstance(found, tuple | list):
+                    return int(found[1])
+        raise RuntimeError("no Sentinel names a primary")
+
+    def kill(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGKILL)
+        self.processes[port].wait()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -71,8 +71,9 @@ from standardwebhooks import Webhook
 from yarl import URL
 
 from shared.keys import attempts_key, delivery_key
+from shared.redis_client import connect
 from shared.sandbox.processes import answers, clean_env, stop, wait_until
-from shared.sandbox.redis_server import RedisServer, free_port
+from shared.sandbox.redis_server import RedisServer, SentinelCluster, free_port
 from shared.sandbox.simulators import callbacks as build
 from shared.sandbox.simulators.callbacks import OutgoingCallback
 from shared.sandbox.simulators.client import SimulatorClient
@@ -157,6 +158,9 @@ class Plan:
     settle: float = 600.0  # give up when nothing moved for this long after sending
     keep_logs: bool = False  # keep the logs folder even when every count is right
     appendfsync: str = "always"  # Redis's AOF fsync policy: always, everysec or no
+    # a primary, two replicas and three Sentinels instead of one Redis, min_replicas = 1,
+    # and the primary SIGKILLed twice (the Sentinels promote a replica; it comes back as one)
+    failover: bool = False
 
     @classmethod
     def quick(cls, seed: int | None = None) -> Plan:
@@ -283,11 +287,12 @@ class Account:
 class System:
     directory: Path
     config: Path
-    server: RedisServer
+    server: RedisServer | None  # None with --failover: the cluster's primary changes
     redis: redis.Redis
     admin: SimulatorClient
     endpoint: MerchantEndpoint
     drip_endpoint: MerchantEndpoint | None = None  # the dripping hook's
+    cluster: SentinelCluster | None = None  # with --failover
     ingress: str = ""
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     spawned: int = 0
@@ -313,7 +318,16 @@ def _wait(ready: Callable[[], bool], seconds: float, what: str) -> None:
 def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     """Redis, the simulators (with their faults), the endpoint, the ingress and the workers."""
     directory = Path(tempfile.mkdtemp(prefix="payhooks-chaos-"))
-    server = stack.enter_context(RedisServer(appendonly=True, appendfsync=plan.appendfsync))
+    server: RedisServer | None = None
+    cluster: SentinelCluster | None = None
+    if plan.failover:
+        cluster = SentinelCluster(directory, appendonly=True, appendfsync=plan.appendfsync)
+        stack.callback(cluster.stop)
+        cluster.start()
+        redis_url = cluster.url
+    else:
+        server = stack.enter_context(RedisServer(appendonly=True, appendfsync=plan.appendfsync))
+        redis_url = server.url
     sims_port = free_port()
     with (directory / "simulators.log").open("wb") as out:
         sims = subprocess.Popen([sys.executable, "-m", "shared.sandbox.simulators", "--port",
@@ -327,18 +341,22 @@ def start(stack: contextlib.ExitStack, plan: Plan) -> System:
     drip_endpoint.script("/refunds", default=Answer(drip=1.0))
     config = directory / "payhooks.toml"
     config.write_text(CONFIG.format(
-        redis=server.url, sims=sims_url, endpoint=endpoint.url, merchant=MERCHANT,
+        redis=redis_url, sims=sims_url, endpoint=endpoint.url, merchant=MERCHANT,
         drip_endpoint=drip_endpoint.url, drip_hook=SECRETS["drip_hook"],
         hook_timeout=plan.hook_timeout,
         pause_after=plan.pause_after, ixopay=SECRETS["ixopay"], ifthenpay=SECRETS["ifthenpay"],
         payex=SECRETS["payex"], hook=SECRETS["hook"], netaxept_id=NETAXEPT_ID,
         netaxept_token=SECRETS["netaxept_token"], netaxept_user=NETAXEPT_USER,
         netaxept_password=SECRETS["netaxept_password"]))
+    if plan.failover:  # acknowledged only once a replica has it: a failover loses nothing
+        waiting = '[ingress]\nmin_replicas = 1\nreplica_timeout = "100ms"\n\n'
+        config.write_text(config.read_text().replace("[delivery]", waiting + "[delivery]", 1))
     admin = stack.enter_context(SimulatorClient(sims_url))
     admin.netaxept_credentials(NETAXEPT_ID, SECRETS["netaxept_token"])
     admin.payex_token(SECRETS["payex"])
-    client = stack.enter_context(redis.Redis.from_url(server.url))
-    system = System(directory, config, server, client, admin, endpoint, drip_endpoint)
+    client = stack.enter_context(connect(redis_url, socket_timeout=10))
+    system = System(directory, config, server, client, admin, endpoint, drip_endpoint,
+                    cluster=cluster)
     port = free_port()
     ingress = system.spawn(stack, "ingress", "--host", "127.0.0.1", "--port", str(port))
     system.ingress = f"http://127.0.0.1:{port}"
@@ -459,7 +477,10 @@ def faults(system: System, stack: contextlib.ExitStack, plan: Plan, rng: random.
     timeline: list[tuple[float, str]] = [
         (0.30 * seconds, "redis-stop"), (0.65 * seconds, "redis-kill"),
         (0.75 * seconds, "endpoint-down")]
-    if plan.redis_stall:
+    if plan.failover:  # the primary killed instead of one Redis stopped, killed, stalled
+        timeline = [(0.30 * seconds, "failover"), (0.65 * seconds, "failover"),
+                    (0.75 * seconds, "endpoint-down")]
+    elif plan.redis_stall:
         timeline.append((0.45 * seconds, "redis-stall"))
     at = rng.uniform(*plan.kill_every)
     while at < seconds:
@@ -476,10 +497,14 @@ def faults(system: System, stack: contextlib.ExitStack, plan: Plan, rng: random.
             system.workers.remove(victim)
             system.start_worker(stack)
             tally.kills += 1
+        elif action == "failover":
+            failover(system, plan, moment, tally, say)
         elif action == "redis-stall":
             say(f"chaos: Redis stalled (SIGSTOP) at {moment:.0f} s for {plan.redis_stall:g} s")
+            assert system.server is not None
             stall(system.server, plan.redis_stall, tally)
         elif action.startswith("redis-"):
+            assert system.server is not None
             how = "stopped" if action == "redis-stop" else "killed"
             say(f"chaos: Redis {how} at {moment:.0f} s, back after {plan.redis_down:g} s")
             if action == "redis-stop":
@@ -499,6 +524,30 @@ def faults(system: System, stack: contextlib.ExitStack, plan: Plan, rng: random.
             time.sleep(plan.endpoint_down)
             system.endpoint.start()
             tally.endpoint_down_s = time.monotonic() - down
+
+
+def failover(system: System, plan: Plan, moment: float, tally: Tally,
+             say: Callable[[str], None]) -> None:
+    """SIGKILL the primary the Sentinels name; once they have promoted a replica (and
+    `redis_down` has passed), start it again as a replica of the new primary."""
+    cluster = system.cluster
+    assert cluster is not None
+    port = cluster.primary()
+    say(f"chaos: Redis primary :{port} SIGKILLed at {moment:.0f} s, back as a replica after "
+        f"the failover, {plan.redis_down:g} s at least")
+    cluster.kill(port)
+    killed = time.monotonic()
+    _wait(lambda: _promoted(cluster, port), 60, "the Sentinels promoted no replica")
+    time.sleep(max(0.0, plan.redis_down - (time.monotonic() - killed)))
+    cluster.start_server(port, replica_of=cluster.primary())
+    tally.redis_restarts.append("failover")
+
+
+def _promoted(cluster: SentinelCluster, old: int) -> bool:
+    try:
+        return cluster.primary() != old
+    except RuntimeError:
+        return False
 
 
 def stall(server: RedisServer, seconds: float, tally: Tally) -> None:

@@ -97,7 +97,7 @@ def signed(body: bytes, event_id: str, secret: str = chaos.SECRETS["hook"]) -> R
 @pytest.fixture
 def system(tmp_path: Path, redis_client: redis.Redis, redis_url: str) -> System:
     endpoint = MerchantEndpoint(verify_secret=chaos.SECRETS["hook"])
-    return System(tmp_path, tmp_path / "payhooks.toml", None, redis_client,  # type: ignore[arg-type]
+    return System(tmp_path, tmp_path / "payhooks.toml", None, redis_client,
                   SimulatorClient("http://127.0.0.1:9"), endpoint)
 
 

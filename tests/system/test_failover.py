@@ -12,12 +12,10 @@ writes it acknowledged and had not sent on), which is what the option buys.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from rq.serializers import JSONSerializer
 
 from ingress.app import create_app
 from shared.redis_client import connect
-from shared.sandbox.redis_server import free_port, redis_server_binary
+from shared.sandbox.redis_server import SentinelCluster
 from shared.settings import settings_from_dict
 from tests.helpers import MERCHANT_CONFIG, RUNS, ixopay_body, ixopay_headers, queued_callbacks
 from workers import runtime as runtimes
@@ -41,78 +39,9 @@ KILL_AT = 2.0  # seconds into the load
 URI = "/callbacks/shop-eu/ixopay"
 
 
-@dataclass
-class Cluster:
-    directory: Path
-    primary: int = field(default_factory=free_port)
-    replicas: list[int] = field(default_factory=lambda: [free_port(), free_port()])
-    sentinels: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
-    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
-
-    def start(self) -> Cluster:
-        binary = redis_server_binary()
-        for port in (self.primary, *self.replicas):
-            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(self.directory),
-                    "--dbfilename", f"dump-{port}.rdb", "--loglevel", "warning",
-                    "--repl-diskless-sync-delay", "0"]  # replicas in sync at once
-            if port != self.primary:
-                argv += ["--replicaof", "127.0.0.1", str(self.primary)]
-            self.processes[port] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                                    stderr=subprocess.DEVNULL)
-        for port in self.sentinels:
-            config = self.directory / f"sentinel-{port}.conf"
-            config.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 5000\n"
-                f"sentinel parallel-syncs {SERVICE} 2\n")
-            self.processes[port] = subprocess.Popen(
-                [binary, str(config), "--sentinel", "--loglevel", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not self.ready():
-            assert time.monotonic() < deadline, "the replicas or Sentinels did not come up"
-            time.sleep(0.1)
-        return self
-
-    def ready(self) -> bool:
-        try:
-            replication = redis.Redis(port=self.primary).info("replication")
-            online = [replication.get(f"slave{n}", {}).get("state") == "online"
-                      for n in range(len(self.replicas))]
-            if not all(online):
-                return False
-            for port in self.sentinels:
-                known = redis.Redis(port=port).sentinel_get_master_addr_by_name(SERVICE)
-                if known is None:
-                    return False
-            return all(int(redis.Redis(port=port).info("sentinel")
-                           .get("master0", {}).get("sentinels", 0)) >= 3
-                       for port in self.sentinels)
-        except (redis.RedisError, OSError):
-            return False
-
-    def kill_primary(self) -> None:
-        self.processes[self.primary].send_signal(signal.SIGKILL)
-        self.processes[self.primary].wait()
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    found = Cluster(tmp_path).start()
+def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    found = SentinelCluster(tmp_path, service=SERVICE).start()
     try:
         yield found
     finally:
@@ -149,12 +78,13 @@ async def load(client: TestClient[Any, Any], seconds: float, kill_at: float,
 
 @pytest.mark.parametrize("min_replicas", [1, 0])
 async def test_a_failover_loses_no_acknowledged_callback_with_min_replicas(
-        cluster: Cluster, min_replicas: int) -> None:
+        cluster: SentinelCluster, min_replicas: int) -> None:
     settings = settings_from_dict({
         "redis_url": cluster.url, "merchants": {"shop-eu": MERCHANT_CONFIG["shop-eu"]},
         "ingress": {"min_replicas": min_replicas, "replica_timeout": "100ms"}}, environ={})
     async with TestClient(TestServer(create_app(settings))) as client:
-        answered = await load(client, seconds=10.0, kill_at=KILL_AT, kill=cluster.kill_primary)
+        kill = functools.partial(cluster.kill, cluster.ports[0])
+        answered = await load(client, seconds=10.0, kill_at=KILL_AT, kill=kill)
     new_primary = connect(cluster.url, socket_timeout=5)
     stored = {callback.reference for callback in queued_callbacks(new_primary)}
     acknowledged = {uuid for uuid, (_, status) in answered.items() if status == 200}
@@ -168,14 +98,14 @@ async def test_a_failover_loses_no_acknowledged_callback_with_min_replicas(
           f"{len(acknowledged)} acknowledged, {len(refused)} answered 503, {len(lost)} "
           f"acknowledged but lost; 503 from {down - KILL_AT:.1f} s after the kill, 200 again "
           f"{(back or 0) - KILL_AT:.1f} s after it")
-    assert address[1] != cluster.primary  # the Sentinels promoted a replica
+    assert address[1] != cluster.ports[0]  # the Sentinels promoted a replica
     assert refused  # while no primary was known, the ingress said so
     assert back is not None, "the ingress did not follow the failover"
     if min_replicas:
         assert lost == set()
 
 
-def test_payhooks_workers_and_their_scheduler_follow_a_failover(cluster: Cluster) -> None:
+def test_payhooks_workers_and_their_scheduler_follow_a_failover(cluster: SentinelCluster) -> None:
     """The worker payhooks builds (workers/worker.py), on the Sentinel URL: a job queued
     before the failover and one scheduled after it both run, RQ's scheduler (which makes
     its own connection from the worker's) included."""
@@ -186,13 +116,13 @@ def test_payhooks_workers_and_their_scheduler_follow_a_failover(cluster: Cluster
         queue.enqueue("tests.helpers.slow_job", 0)
         build_worker(settings, queues=("callbacks",)).work(burst=True, with_scheduler=True)
         assert client.get(RUNS) == b"1"
-        cluster.kill_primary()
+        cluster.kill(cluster.ports[0])
         deadline = time.monotonic() + 30
         while True:  # the Sentinels promote a replica: the same client reaches it
             try:
                 client.ping()
                 address = client.connection_pool.get_master_address()  # type: ignore[attr-defined]
-                if address[1] != cluster.primary:
+                if address[1] != cluster.ports[0]:
                     break
             except (redis.RedisError, OSError):
                 pass
