@@ -29,6 +29,7 @@ from shared.keys import (
     event_key,
     minute_key,
     payment_key,
+    text,
     unsupported_key,
 )
 from shared.models import EventData, EventType, PaymentEvent, utcnow
@@ -95,7 +96,7 @@ def _queue(redis: Redis, name: str, now: float) -> dict[str, Any]:
     if oldest is not None:
         enqueued = redis.hget(f"rq:job:{oldest.decode()}", "enqueued_at")
         if enqueued:
-            moment = datetime.fromisoformat(_text(enqueued).replace("Z", "+00:00"))
+            moment = datetime.fromisoformat(text(enqueued).replace("Z", "+00:00"))
             age = max(0.0, now - moment.replace(tzinfo=moment.tzinfo or UTC).timestamp())
     return {"waiting": waiting, "oldest_s": age, "scheduled": scheduled, "running": running,
             "failed": failed}
@@ -111,8 +112,8 @@ def event_story(redis: Redis, settings: Settings, event: PaymentEvent) -> dict[s
         deliveries[hook] = {"state": state, "attempts": attempts}
     data = event.data
     marks = redis.hkeys(payment_key(data.merchant, data.provider, data.payment_id))
-    ids = sorted(_text(mark)[len(FACT_MARK):] for mark in marks
-                 if _text(mark).startswith(FACT_MARK))
+    ids = sorted(text(mark)[len(FACT_MARK):] for mark in marks
+                 if text(mark).startswith(FACT_MARK))
     stored = redis.mget([event_key(i) for i in ids]) if ids else []
     story = sorted((PaymentEvent.model_validate_json(raw) for raw in stored if raw),
                    key=lambda e: e.data.sequence)
@@ -121,7 +122,7 @@ def event_story(redis: Redis, settings: Settings, event: PaymentEvent) -> dict[s
         for hook in deliveries:
             origin = redis.hget(delivery_key(other.id, hook), "callback_id")
             if origin:
-                callbacks.setdefault(_text(origin), other.id)
+                callbacks.setdefault(text(origin), other.id)
     return {"event": event.model_dump(mode="json"), "deliveries": deliveries,
             "story": [e.model_dump(mode="json") for e in story],
             "callbacks": [{"callback_id": cid, "first_event": eid,
@@ -134,7 +135,7 @@ def callback_outcome(redis: Redis, callback_id: str) -> str:
     unsupported)."""
     outcome = redis.hget(callback_key(callback_id), "outcome")
     if outcome:
-        return _text(outcome)
+        return text(outcome)
     if redis.exists(unsupported_key(callback_id)):
         return "unsupported"
     return "recorded"
@@ -147,8 +148,8 @@ def callback_detail(redis: Redis, callback_id: str) -> dict[str, Any] | None:
     if not JOB_ID.fullmatch(callback_id):
         return None  # no callback has such an id (and RQ would refuse to look it up)
     record: dict[str, Any] = {"callback_id": callback_id}
-    trouble = {_text(k): _text(v) for k, v in redis.hgetall(callback_key(callback_id)).items()}
-    unsupported = {_text(k): _text(v)
+    trouble = {text(k): text(v) for k, v in redis.hgetall(callback_key(callback_id)).items()}
+    unsupported = {text(k): text(v)
                    for k, v in redis.hgetall(unsupported_key(callback_id)).items()}
     data: dict[str, Any] | None = None
     try:
@@ -191,7 +192,3 @@ def test_event(settings: Settings, merchant: str, hook: HookSettings,
     attempt = send_once(settings.delivery, hook, event.id, event.model_dump_json().encode())
     return {"event_id": event.id, "ok": attempt.ok, "status": attempt.status,
             "error": attempt.error, "duration_ms": attempt.duration_ms}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -7,6 +7,12 @@ README's "The Redis schema" describes each family; keep the two in step.
 
 from __future__ import annotations
 
+
+def text(value: bytes | str) -> str:
+    """A key, member or value as Redis answered it (bytes), or as given (str), as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 DEDUP_SECONDS = 10 * 86400  # events' bodies and listings; IXOPAY retries for ~7 days 18 hours
 PAYMENT_SECONDS = 400 * 86400  # a payment's sequence, totals and fact marks
 UNSUPPORTED_SECONDS = 30 * 86400  # callbacks that gave no event, kept to replay

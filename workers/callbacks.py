@@ -1,5 +1,5 @@
 """Callbacks that are not done: retrying, given up, rejected. Kept with the reason, listed
-by `payhooks callbacks`, and queued again by `payhooks callbacks retry`.
+by `payhooks callbacks`, and queued again by `payhooks callbacks --retry-now`.
 
 A callback whose follow-up fails (the provider's API is down, the transaction is not listed
 yet, the credentials are wrong) was acknowledged: the provider will not send it again, so
@@ -33,7 +33,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from shared.keys import TROUBLE_SECONDS, TROUBLED_CALLBACKS, callback_key
+from shared.keys import TROUBLE_SECONDS, TROUBLED_CALLBACKS, callback_key, text
 from shared.models import Callback
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS
 from workers.unsupported import unsupported_callbacks
@@ -99,7 +99,7 @@ def troubled_callbacks(redis: Redis, *, outcome: str | None = None,
 
 def _recorded(redis: Redis, outcome: str | None, merchant: str | None,
               provider: str | None) -> list[TroubledCallback]:
-    ids = [_text(raw) for raw in redis.zrevrange(TROUBLED_CALLBACKS, 0, -1)]  # type: ignore[arg-type]
+    ids = [text(raw) for raw in redis.zrevrange(TROUBLED_CALLBACKS, 0, -1)]  # type: ignore[arg-type]
     pipe = redis.pipeline(transaction=False)
     fields = ("merchant", "provider", "reference", "outcome", "reason", "tries", "at")
     for callback_id in ids:
@@ -110,7 +110,7 @@ def _recorded(redis: Redis, outcome: str | None, merchant: str | None,
             gone.append(callback_id)  # its record expired: the set forgets it now
             continue
         merchant_id, provider_name, reference, kind, reason, tries, at = (
-            _text(value) for value in values)
+            text(value) for value in values)
         entry = TroubledCallback(callback_id, merchant_id, provider_name, reference, kind,
                                  reason, int(tries or 0), float(at))
         if (outcome in (None, entry.outcome) and merchant in (None, entry.merchant)
@@ -180,7 +180,3 @@ def retry_now(redis: Redis, entries: list[TroubledCallback]) -> int:
         queue.enqueue_job(job)
         queued += 1
     return queued
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from redis import Redis
 
-from shared.keys import ALL_EVENTS, attempts_key, delivery_key, event_key, merchant_events_key
+from shared.keys import ALL_EVENTS, attempts_key, delivery_key, event_key, merchant_events_key, text
 from shared.models import FINAL_STATES, DeliveryState, PaymentEvent
 from shared.settings import Settings
 from workers.events import wants
@@ -99,7 +99,7 @@ def delivery_states(redis: Redis, settings: Settings, event: PaymentEvent) -> di
         stored, last = pipe.execute()
         if not stored and not listed.enabled:
             continue  # recorded while the hook was disabled: it never had a delivery
-        fields = {_text(k): _text(v) for k, v in stored.items() if k != b"event"}
+        fields = {text(k): text(v) for k, v in stored.items() if k != b"event"}
         states[hook] = _describe(fields, orjson.loads(last) if last else None)
     return states
 
@@ -121,10 +121,6 @@ def _describe(fields: dict[str, str], last: dict[str, Any] | None = None) -> str
     if state in FINAL_STATES and details:
         return f"{state} ({', '.join(details)})"
     return state
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def event_lines(redis: Redis, settings: Settings, events: list[PaymentEvent],

@@ -26,13 +26,9 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from shared.clock import redis_now
-from shared.keys import UNSUPPORTED, UNSUPPORTED_SECONDS, unsupported_key
+from shared.keys import UNSUPPORTED, UNSUPPORTED_SECONDS, text, unsupported_key
 from shared.models import Callback
 from shared.queue import CALLBACK_JOB_OPTIONS, CALLBACKS, PROCESS_CALLBACK
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +68,7 @@ def unsupported_callbacks(redis: Redis, *, merchant: str | None = None,
                           until: float | None = None, limit: int | None = None
                           ) -> list[Unsupported]:
     """The kept unsupported callbacks that match every given filter, newest first."""
-    ids = [_text(raw) for raw in redis.zrevrangebyscore(  # type: ignore[arg-type]
+    ids = [text(raw) for raw in redis.zrevrangebyscore(  # type: ignore[arg-type]
         UNSUPPORTED, until or "+inf", since or "-inf")]
     pipe = redis.pipeline(transaction=False)
     for callback_id in ids:
@@ -83,7 +79,7 @@ def unsupported_callbacks(redis: Redis, *, merchant: str | None = None,
         if values[0] is None:
             continue  # expired
         merchant_id, provider_name, reference, reason, received_at, recorded_at = (
-            _text(value) for value in values)
+            text(value) for value in values)
         entry = Unsupported(callback_id, merchant_id, provider_name, reference, reason,
                             received_at, float(recorded_at))
         if merchant in (None, entry.merchant) and provider in (None, entry.provider):
