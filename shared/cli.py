@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         "worker", parents=[config],
         help="an RQ worker on the callbacks and deliveries queues, with the scheduler")
     worker.add_argument("--burst", action="store_true", help="exit when nothing is due now")
+    worker.add_argument("--concurrency", type=_positive, metavar="N",
+                        help="jobs in flight at once in this process (override [worker] "
+                             "concurrency, default 16)")
+    worker.add_argument("--queues", type=_queues, metavar="Q[,Q]",
+                        default=("callbacks", "deliveries"),
+                        help="the queues to take jobs from, first ones first (default "
+                             "callbacks,deliveries: a worker of deliveries only keeps "
+                             "them moving while callbacks arrive in a burst)")
     worker.set_defaults(run=_worker)
 
     events = commands.add_parser(
@@ -295,7 +303,8 @@ def _console(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from workers.worker import work
 
-    return work(_settings(args), burst=args.burst)
+    return work(_settings(args), burst=args.burst, concurrency=args.concurrency,
+                queues=args.queues)
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -473,6 +482,23 @@ def _moment(value: str) -> float:
         return parse_moment(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(value: str) -> int:
+    """A whole number of at least 1, at most 256 (an argparse type)."""
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number from 1 to 256")
+    return int(value)
+
+
+def _queues(value: str) -> tuple[str, ...]:
+    """Queue names from `callbacks,deliveries`, each once (an argparse type)."""
+    names = tuple(name.strip() for name in value.split(","))
+    known = ("callbacks", "deliveries")
+    if not names or any(name not in known for name in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: name callbacks, deliveries or both, each once")
+    return names
 
 
 def _optional(module: str, missing: str) -> Any:

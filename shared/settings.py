@@ -103,7 +103,7 @@ class ProviderSection(_Section):
     # Follow-up queries in flight at once to this provider's base URL (scheme, host and
     # port), across all workers: an API that answers slowly, or drips its answer, holds at
     # most this many workers; the other callbacks wait a few seconds, no attempt spent.
-    max_follow_ups_in_flight: int = Field(default=4, ge=1)
+    max_follow_ups_in_flight: int = Field(default=16, ge=1)
 
 
 class IxopaySettings(ProviderSection):
@@ -286,7 +286,16 @@ class DeliverySettings(_Section):
     pause_after: int = Field(default=5, ge=1)  # failures in a row that pause a hook
     # deliveries to one hook in flight at once, across all workers: a slow hook that still
     # answers 2xx cannot take every worker from the other merchants
-    max_in_flight_per_hook: int = Field(default=4, ge=1)
+    max_in_flight_per_hook: int = Field(default=8, ge=1)
+
+
+class WorkerSettings(_Section):
+    # jobs in flight at once in one worker process, each in a thread of its own: callback
+    # and delivery jobs mostly wait for a provider or a hook to answer
+    concurrency: int = Field(default=16, ge=1, le=256)
+    # a callback job makes the first delivery attempt of each new event itself, to hooks
+    # neither paused nor failing (workers/first_attempt.py); off: every delivery is a job
+    inline_first_attempt: bool = True
 
 
 class ConsoleSettings(_Section):
@@ -309,6 +318,7 @@ class Settings(_Section):
     )
     ingress: IngressSettings = IngressSettings()
     delivery: DeliverySettings = DeliverySettings()
+    worker: WorkerSettings = WorkerSettings()
     logging: LoggingSettings = LoggingSettings()
     console: ConsoleSettings = ConsoleSettings()
     merchants: dict[Id, MerchantSettings] = {}

@@ -45,7 +45,7 @@ _SPEND = """
 local now = tonumber(redis.call('TIME')[1])
 local window = KEYS[1] .. ':' .. math.floor(now / 60)
 local used = redis.call('INCR', window)
-redis.call('EXPIRE', window, 120)
+if used == 1 then redis.call('EXPIRE', window, 120) end  -- set with the key, in this script
 return {used, 60 - now % 60}
 """
 
@@ -67,6 +67,8 @@ class Runtime:
     settings: Settings
     redis: Redis
     http: httpx.Client = field(default_factory=make_client)
+    # callback jobs attempt their new events' deliveries themselves (workers/first_attempt.py)
+    first_attempts: bool = False
     providers: dict[str, dict[str, Provider]] = field(init=False)
     _hooks: _HookCopy = field(init=False, default_factory=_HookCopy, repr=False)
 

@@ -30,10 +30,15 @@ The scheduler is a child process; on Linux it is told to stop when its worker di
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
+import uuid
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -43,10 +48,10 @@ import structlog
 from redis import Redis
 from redis.commands.core import Script
 from rq import Queue, SimpleWorker, utils, worker_registration
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import (
     DeferredJobRegistry,
     FailedJobRegistry,
@@ -54,7 +59,10 @@ from rq.registry import (
     StartedJobRegistry,
 )
 from rq.serializers import JSONSerializer
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException
+from rq.worker import WorkerStatus
 
+from shared import metrics
 from shared.clock import redis_now
 from shared.errors import (
     CallbackRejected,
@@ -69,12 +77,15 @@ from shared.logging import configure_logging
 from shared.queue import CALLBACKS, DELIVERIES
 from shared.redis_client import connect
 from shared.settings import Settings
-from workers import runtime
+from workers import lifecycle, runtime
+from workers.pool import Pool, Running
 from workers.runtime import Runtime
 
 MAINTENANCE_SECONDS = 10
 LEASE_SECONDS = 20  # how long a running job's registry entry lasts without renewal
 RENEW_SECONDS = 5
+STRANDED_SECONDS = 60  # on a queue's intermediate list, seen at every clean-up: put back
+HEARTBEAT_SECONDS = 5  # the worker's own hash, written by the main loop at most this often
 SWEEP_LOCK_SECONDS = 60  # one worker sweeps a queue at a time; RQ holds the lock 15 minutes
 BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
@@ -86,30 +97,25 @@ EXPECTED_FAILURES = (ProviderUnavailable, ProviderRejected, CallbackRejected, De
 
 
 class _Lease(threading.Thread):
-    """Renews the lease on its worker's current job, every RENEW_SECONDS, until released."""
+    """Every RENEW_SECONDS, until stopped: stops the jobs in flight that ran past their
+    timeout, then renews the lease of every job in flight and the worker's heartbeat, in
+    one round trip."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, pool: Pool) -> None:
         super().__init__(name="payhooks-lease", daemon=True)
-        self.worker = worker
-        self.job: Job | None = None
-        self.lock = threading.Lock()
-
-    def hold(self, job: Job) -> None:
-        with self.lock:
-            self.job = job
-
-    def release(self) -> None:
-        with self.lock:  # waits for a renewal under way, so none comes after the job ended
-            self.job = None
+        self.worker, self.pool = worker, pool
+        self.stopped = threading.Event()
 
     def run(self) -> None:
-        while True:
-            time.sleep(RENEW_SECONDS)
-            with self.lock:
-                # in an outage, the job's own Redis calls fail too and report it
-                if self.job is not None:
-                    with contextlib.suppress(redis.RedisError):
-                        self.worker.maintain_heartbeats(self.job)
+        while not self.stopped.wait(RENEW_SECONDS):
+            for late in self.pool.stop_overdue():
+                log.error("job_timed_out", job_id=late.job.id, timeout_s=late.job.timeout)
+            try:
+                if self.worker.tally is not None:
+                    self.worker.tally.flush_if_due(self.worker.connection)
+                self.worker.renew_leases(self.pool.running())
+            except redis.RedisError as exc:  # in an outage, the jobs' own calls fail too
+                log.warning("worker.lease_not_renewed", error=exc.__class__.__name__)
 
 
 # KEYS: each queue's list, then its intermediate list. Moves the first job found (queues in
@@ -148,6 +154,7 @@ class SafeQueue(Queue):
                                 for key in queue_keys)]
         deadline = time.monotonic() + (timeout or 0)
         while True:
+            _STOPPING.check()  # asked to stop: take nothing more
             found = cls._take_first(keys=lists, client=connection)
             if found is not None:
                 return found[0].decode(), found[1]
@@ -161,47 +168,208 @@ class SafeQueue(Queue):
                 return queue_keys[0], job_id
 
 
-# KEYS: the started registry; ARGV: the execution's member, the lease. Re-scores the lease
-# by Redis's clock (RQ scores it by the worker host's).
-_STAMP_LEASE = """
-local time = redis.call('TIME')
-redis.call('ZADD', KEYS[1], 'XX', tonumber(time[1]) + tonumber(ARGV[2]), ARGV[1])
-"""
+class _NoDeathPenalty(BaseDeathPenalty):
+    """RQ's timeouts are SIGALRM, which a pool thread cannot take: none here (workers/pool.py
+    stops a job that overruns its timeout)."""
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
+
+
+class _Stopping:
+    """Set by a stop request; the main thread's next look at the queues ends the loop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise StopRequested()
+
+
+_STOPPING = _Stopping()
+_executions = threading.local()  # the execution each pool thread runs (RQ keeps one)
 
 
 class Worker(SimpleWorker):
-    """RQ's SimpleWorker, with a short lease on its running job that a thread renews.
+    """RQ's SimpleWorker, running up to `concurrency` jobs at once (workers/pool.py), with
+    a short lease on each that a thread renews, and a job's start and successful end
+    written in one round trip each (workers/lifecycle.py).
 
     Leases are timed by Redis's clock, not by the hosts': RQ scores a lease by the clock
     of the worker holding it and judges it lapsed by the clock of the worker cleaning up,
-    so a cleaner 30 s ahead took running jobs for abandoned and ran them twice. Here each
-    lease RQ writes is scored again at once by Redis's TIME, and the clean-up asks Redis
-    for the time. RQ's own score is generous (`LEASE_SECONDS` + 60), so that the moment
-    between the two writes tolerates a host a minute behind."""
+    so a cleaner 30 s ahead took running jobs for abandoned and ran them twice. Here every
+    lease is scored by Redis's TIME, and the clean-up asks Redis for the time.
+
+    The worker's own hash (state, heartbeat) is written when it changes or every
+    HEARTBEAT_SECONDS, not several times per job; its job counters are added up in the
+    process and written with the leases."""
 
     stopping = False  # a SIGTERM or SIGINT came: do not start again
+    concurrency = 1
+    death_penalty_class = _NoDeathPenalty  # threads get no SIGALRM: the lease thread times jobs
+    _pool: Pool | None = None
     _lease_thread: _Lease | None = None
-    _stamp: Script | None = None
+    _cold = False
+    _state_written: str | None = None
+    tally: metrics.Tally | None = None
 
-    def get_heartbeat_ttl(self, job: Job) -> int:
-        return LEASE_SECONDS + 60
+    @functools.cached_property
+    def _stranded(self) -> dict[str, dict[str, tuple[float, int]]]:
+        """By queue: each job id seen on its intermediate list, when first and how often
+        in a row."""
+        return {}
 
-    def prepare_execution(self, job: Job) -> Execution:
-        execution = super().prepare_execution(job)
-        self._stamp_lease(job)
-        return execution
+    @property
+    def execution(self) -> Execution | None:
+        return getattr(_executions, "execution", None)
 
-    def maintain_heartbeats(self, job: Job) -> None:
-        super().maintain_heartbeats(job)
-        self._stamp_lease(job)
+    @execution.setter
+    def execution(self, execution: Execution | None) -> None:
+        _executions.execution = execution
 
-    def _stamp_lease(self, job: Job) -> None:
-        if self.execution is None:
+    # Taking, running and ending jobs ---------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Hand the job to a free thread; return once another one is free."""
+        pool = self._running()
+        pool.submit(job, queue)
+        self.set_state(WorkerStatus.BUSY)
+        pool.wait_for_room()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None,
+                                     max_idle_time: int | None = None
+                                     ) -> tuple[Job, Queue] | None:
+        """RQ's, except that in burst mode a worker finding its queues empty waits for
+        its jobs in flight, which may queue more (deliveries, retries due now), and looks
+        again before it ends."""
+        while True:
+            _STOPPING.check()
+            found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            pool = self._pool
+            if found is not None or timeout is not None or pool is None or not pool.busy:
+                return found
+            pool.drain()
+
+    def perform(self, job: Job, queue: Queue) -> None:
+        """Run one job in this (pool) thread: start it, call it, record how it ended."""
+        structlog.contextvars.clear_contextvars()
+        execution = Execution(uuid.uuid4().hex, job.id, self.connection, worker_name=self.name)
+        self.execution = execution
+        job.worker_name, job.started_at = self.name, utils.now()
+        job.last_heartbeat = job.started_at
+        lifecycle.start(self.connection, job, queue, execution.composite_key, self.name,
+                        LEASE_SECONDS)
+        pool = self._running()
+        pool.started(execution.composite_key)
+        try:
+            self._call(job, pool)
+        except Exception:  # recorded by RQ's failure handling: retried or failed
+            self._failed(job, queue)
+        else:
+            job._status = JobStatus.FINISHED
+            lifecycle.finish(self.connection, job, queue, execution.composite_key,
+                             job.get_result_ttl(self.default_result_ttl))
+            self._succeeded(job)
+        finally:
+            self.execution = None
+            structlog.contextvars.clear_contextvars()  # the job's ids stay on the job's lines
+
+    def _call(self, job: Job, pool: Pool) -> None:
+        stopped = False
+        try:
+            job._result = job.perform()
+        except JobTimeoutException:
+            stopped = True
+            raise
+        finally:
+            job.ended_at = utils.now()
+            pool.performed(stopped)
+
+    def _failed(self, job: Job, queue: Queue) -> None:
+        """What RQ's perform_job does with a job that raised (its retry, its failure
+        callback, the failed registry), in this thread."""
+        job._status = JobStatus.FAILED
+        exc_info = sys.exc_info()
+        exc_string = "".join(traceback.format_exception(*exc_info))
+        try:
+            job.execute_failure_callback(self.death_penalty_class, *exc_info)
+        except Exception:
+            exc_info = sys.exc_info()
+            exc_string = "".join(traceback.format_exception(*exc_info))
+        self.handle_exception(job, *exc_info)
+        self.handle_job_failure(job=job, exc_string=exc_string, queue=queue,
+                                started_job_registry=queue.started_job_registry)
+
+    def _succeeded(self, job: Job) -> None:
+        assert job.started_at is not None and job.ended_at is not None
+        with self._counted:
+            self._succeeded_jobs += 1
+            self._working_time += (job.ended_at - job.started_at).total_seconds()
+
+    # The worker's own records ------------------------------------------------------------
+
+    def renew_leases(self, running: list[Running]) -> None:
+        """Renew the lease of each job in flight (from the lease thread) and the worker's
+        heartbeat; write the job counters added up since the last time."""
+        with self._counted:
+            counts = (self._succeeded_jobs, self._working_time)
+            self._succeeded_jobs, self._working_time = 0, 0.0
+        leases = [(r.queue.started_job_registry.key, r.member) for r in running if r.member]
+        self.last_heartbeat = utils.now()
+        try:
+            lifecycle.renew(self.connection, self.key, self.worker_ttl + 60,
+                            utils.utcformat(self.last_heartbeat), leases, LEASE_SECONDS, counts)
+        except redis.RedisError:
+            with self._counted:  # counted again next time
+                self._succeeded_jobs += counts[0]
+                self._working_time += counts[1]
+            raise
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's, except that the main loop's own (several per job) are written at most every
+        HEARTBEAT_SECONDS; the lease thread writes one every RENEW_SECONDS anyway."""
+        last = self.last_heartbeat
+        if (timeout is None and pipeline is None and last is not None
+                and (utils.now() - last).total_seconds() < HEARTBEAT_SECONDS):
             return
-        if self._stamp is None:
-            self._stamp = self.connection.register_script(_STAMP_LEASE)
-        self._stamp(keys=[job.started_job_registry.key],
-                    args=[self.execution.composite_key, LEASE_SECONDS])
+        super().heartbeat(timeout, pipeline)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ's, written only when it changes; busy while any job is in flight."""
+        if state == WorkerStatus.IDLE and self._pool is not None and self._pool.busy:
+            state = WorkerStatus.BUSY
+        if pipeline is None and state == self._state_written:
+            self._state = state
+            return
+        super().set_state(state, pipeline)
+        if pipeline is None:
+            self._state_written = state
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's, looked at most every HEARTBEAT_SECONDS instead of before every job."""
+        now = time.monotonic()
+        if now - self._suspension_checked < HEARTBEAT_SECONDS:
+            return
+        self._suspension_checked = now
+        super().check_for_suspension(burst)
+
+    _suspension_checked = -math.inf
+    _succeeded_jobs = 0
+    _working_time = 0.0
+
+    @functools.cached_property
+    def _counted(self) -> threading.Lock:
+        return threading.Lock()
 
     def clean_registries(self) -> None:
         """RQ's clean-up of each queue's registries, with the started registry's leases
@@ -221,27 +389,30 @@ class Worker(SimpleWorker):
             FailedJobRegistry(**options).cleanup()
             DeferredJobRegistry(**options).cleanup()
             worker_registration.clean_worker_registry(queue)
-            queue.intermediate_queue.cleanup(self, queue)
+            self._rescue_stranded(queue)
             queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
         self.last_cleaned_at = utils.now()  # type: ignore[assignment]
 
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False
-                              ) -> None:
-        # every job comes through an intermediate list (SafeQueue): take it off in the same
-        # transaction that registers it as started
-        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
-        self._lease().hold(job)
-
-    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        self._lease().release()
-        super().handle_execution_ended(job, queue, heartbeat_ttl)
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        try:
-            super().execute_job(job, queue)
-        finally:
-            self._lease().release()
-            structlog.contextvars.clear_contextvars()  # the job's ids stay on the job's lines
+    def _rescue_stranded(self, queue: Queue) -> None:
+        """Put back on the queue the jobs left on its intermediate list by a worker that
+        died between taking and starting them: those this worker saw there at every one of
+        its clean-ups for STRANDED_SECONDS. RQ's own clean-up fails such a job instead, and
+        takes for stranded any job id it saw there before, up to a day earlier: a delivery
+        job retried under its fixed id, passing through the list in the milliseconds
+        between taken and started as a clean-up looked, was failed as "stuck"."""
+        listed = {utils.as_text(job) for job in
+                  self.connection.lrange(queue.intermediate_queue_key, 0, -1)}
+        seen = self._stranded.setdefault(queue.name, {})
+        for job_id in set(seen) - listed:
+            del seen[job_id]
+        now = time.monotonic()
+        for job_id in listed:
+            first, times = seen.get(job_id, (now, 0))
+            seen[job_id] = (first, times + 1)
+            if now - first >= STRANDED_SECONDS and times + 1 >= 3:
+                lifecycle.put_back(self.connection, queue, job_id)
+                log.warning("worker.job_put_back", job_id=job_id, queue=queue.name)
+                del seen[job_id]
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """RQ logs every failed job at `error` with its traceback. A failure payhooks
@@ -255,40 +426,94 @@ class Worker(SimpleWorker):
             return
         super().handle_exception(job, *exc_info)
 
+    # Stopping ----------------------------------------------------------------------------
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        _STOPPING.clear()
+        self.tally = metrics.Tally()
+        metrics.install(self.tally)  # the jobs' metrics, sent once a second (shared/metrics.py)
+        return bool(super().work(*args, **kwargs))
+
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
-    def _lease(self) -> _Lease:
-        if self._lease_thread is None:
-            self._lease_thread = _Lease(self)
+    def _shutdown(self) -> None:
+        """A warm stop: take no more jobs, finish those in flight (`teardown`). Never
+        raised from the signal handler, as RQ does when idle: the main thread may be
+        handing a job to a thread; it stops at its next look at the queues instead."""
+        self._stop_requested = True
+        _STOPPING.set()
+        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+        if self.scheduler:
+            self.stop_scheduler()  # type: ignore[no-untyped-call]
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A second SIGTERM or SIGINT: give every job in flight back to the front of its
+        queue and exit now (their threads are daemons; a job given back may have done
+        part of its work, which running it again does not double)."""
+        requested = self._shutdown_requested_date
+        if requested is not None and (utils.now() - requested).total_seconds() < 1:
+            return  # the same stop, signalled twice (RQ's worker pool does that)
+        self._cold = True
+        given = 0
+        for running in self._pool.running() if self._pool is not None else []:
+            if running.member:
+                with contextlib.suppress(redis.RedisError):
+                    lifecycle.give_back(self.connection, running.job, running.queue,
+                                        running.member)
+                    given += 1
+        log.warning("worker.stopped_cold", worker=self.name, given_back=given)
+        raise SystemExit()
+
+    def teardown(self) -> None:
+        try:
+            if self._pool is not None and not self._cold:
+                self._pool.drain()
+        finally:
+            if self._lease_thread is not None:
+                self._lease_thread.stopped.set()
+            metrics.install(None)
+            if self.tally is not None:
+                self.tally.flush(self.connection)
+            super().teardown()  # type: ignore[no-untyped-call]
+
+    def _running(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(self.concurrency, self.perform)
+            self._lease_thread = _Lease(self, self._pool)
             self._lease_thread.start()
-        return self._lease_thread
+        return self._pool
 
 
 def build_worker(settings: Settings, queues: tuple[str, ...] = (CALLBACKS, DELIVERIES),
-                 name: str | None = None) -> Worker:
-    """A worker for these settings, with the job runtime installed in this process."""
-    runtime.install(Runtime.from_settings(settings))
+                 name: str | None = None, concurrency: int | None = None) -> Worker:
+    """A worker for these settings (`concurrency`: jobs in flight at once, by default
+    `[worker] concurrency`), with the job runtime installed in this process."""
+    jobs = Runtime.from_settings(settings)
+    jobs.first_attempts = settings.worker.inline_first_attempt
+    runtime.install(jobs)
     connection = connect(settings.redis_url)
     worker = Worker(
         [SafeQueue(queue, connection=connection, serializer=JSONSerializer) for queue in queues],
         connection=connection, serializer=JSONSerializer, name=name, queue_class=SafeQueue,
         worker_ttl=MAINTENANCE_SECONDS + 15,  # an idle worker's wait for a job ends that often
     )
+    worker.concurrency = concurrency or settings.worker.concurrency
     worker.maintenance_interval = MAINTENANCE_SECONDS
     worker.max_connection_wait_time = RECONNECT_SECONDS[1]
     return worker
 
 
-def work(settings: Settings, burst: bool = False) -> int:
+def work(settings: Settings, burst: bool = False, concurrency: int | None = None,
+         queues: tuple[str, ...] = (CALLBACKS, DELIVERIES)) -> int:
     """Run workers until SIGTERM or SIGINT (with burst: until nothing is due now). When one
     stops because Redis went away, wait until Redis answers and start a fresh one."""
     configure_logging(settings.logging)
     _children_stop_with_us()
     settle = 0.0  # a worker that keeps failing at once waits longer each time
     while True:
-        worker = build_worker(settings)
+        worker = build_worker(settings, queues, concurrency=concurrency)
         started = time.monotonic()
         try:
             # RQ's own lines (a job taken, "Job OK", clean-ups) are below our summary

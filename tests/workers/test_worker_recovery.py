@@ -164,7 +164,9 @@ def test_workers_come_back_after_a_redis_restart_without_help(
         assert stop(pid) == 0
 
 
-def test_a_job_taken_by_a_worker_that_dies_at_once_is_found_again(server: RedisServer) -> None:
+def test_a_job_taken_by_a_worker_that_dies_at_once_is_found_again(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = redis.Redis.from_url(server.url)
     names = ("callbacks", "deliveries")  # a worker of two queues, as `payhooks worker` is
 
@@ -191,13 +193,44 @@ def test_a_job_taken_by_a_worker_that_dies_at_once_is_found_again(server: RedisS
     assert client.lrange("rq:queue:callbacks:intermediate", 0, -1) == [job.id.encode()]
     worker = worker_main.build_worker(make_settings(server.url))
     queue = worker.queues[0]
-    queue.intermediate_queue.cleanup(worker, queue)  # maintenance notes the job...
-    first_seen = queue.intermediate_queue.get_first_seen_key(job.id)
-    client.set(first_seen, time.time() - 120)
-    queue.intermediate_queue.cleanup(worker, queue)  # ...and a minute later retries it
+    monkeypatch.setattr(worker_main, "STRANDED_SECONDS", 0.2)
+    for _ in range(2):  # maintenance sees the job there, again and again...
+        worker._rescue_stranded(queue)
+        assert client.lrange("rq:queue:callbacks:intermediate", 0, -1) == [job.id.encode()]
+    time.sleep(0.3)
+    worker._rescue_stranded(queue)  # ...and puts it back: it never ran, no try is spent
     job.refresh()
-    assert (job.get_status(), job.retries_left) == (JobStatus.SCHEDULED, 1)
+    assert (job.get_status(), job.retries_left) == (JobStatus.QUEUED, 2)
+    assert client.lrange("rq:queue:callbacks", 0, -1) == [job.id.encode()]
     assert client.llen("rq:queue:callbacks:intermediate") == 0
+
+
+def test_a_job_passing_through_the_intermediate_list_again_is_not_taken_for_stranded(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RQ's clean-up failed a retried job whose id it had seen on the list up to a day
+    before, if it saw it again in the moment between taken and started."""
+    client = redis.Redis.from_url(server.url)
+    job = enqueue(server.url, 0.0)
+    worker = worker_main.build_worker(make_settings(server.url))
+    queue = worker.queues[0]
+    monkeypatch.setattr(worker_main, "STRANDED_SECONDS", 0.2)
+    intermediate = "rq:queue:callbacks:intermediate"
+    for passing in (True, False, True, False, True):  # seen between taken and started, or not
+        if passing:
+            client.lmove("rq:queue:callbacks", intermediate)
+        time.sleep(0.1)
+        worker._rescue_stranded(queue)
+        if passing:  # started: off the list, and later back on the queue for a retry
+            client.lmove(intermediate, "rq:queue:callbacks")
+    assert client.lrange("rq:queue:callbacks", 0, -1) == [job.id.encode()]  # never doubled
+    assert job.get_status(refresh=True) == JobStatus.QUEUED  # never failed
+    client.lmove("rq:queue:callbacks", intermediate)  # now stranded: put back
+    for _ in range(3):
+        time.sleep(0.1)
+        worker._rescue_stranded(queue)
+    assert client.lrange("rq:queue:callbacks", 0, -1) == [job.id.encode()]
+    assert client.llen(intermediate) == 0
 
 
 def test_a_sweep_lock_left_by_a_killed_worker_lapses_within_a_minute(server: RedisServer) -> None:
