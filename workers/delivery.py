@@ -43,6 +43,7 @@ import base64
 import hashlib
 import hmac
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,14 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     settings = runtime.settings
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(event_id=event_id, merchant=merchant, hook=hook_id)
+    origin, state = runtime.redis.hmget(delivery_key(event_id, hook_id), ["callback_id", "state"])
+    if isinstance(origin, bytes):  # follow a callback through to its deliveries in the logs
+        structlog.contextvars.bind_contextvars(callback_id=origin.decode())
+    if state == DeliveryState.DELIVERED.value.encode():
+        # by the callback job's own first attempt (workers/first_attempt.py), which ended
+        # after this job was due; a delivery sent again is set `queued` first
+        log.info("delivery_skipped", reason="delivered already")
+        return {"state": DeliveryState.DELIVERED.value, "reason": "delivered already"}
     body = _event_body(runtime.redis, event_id, hook_id)
     if body is None:
         reason = "the event expired"
@@ -135,9 +144,6 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         _set_state(runtime.redis, event_id, hook_id, settings.delivery,
                    state=DeliveryState.PAUSED)
         _defer(LOOK_AGAIN + random.uniform(0, 5))  # noqa: S311
-    origin = runtime.redis.hget(delivery_key(event_id, hook_id), "callback_id")
-    if isinstance(origin, bytes):  # follow a callback through to its deliveries in the logs
-        structlog.contextvars.bind_contextvars(callback_id=origin.decode())
     probing = wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
     try:
         slot = _take_slot(runtime.redis, merchant, hook.id, event_id, settings.delivery)
@@ -146,7 +152,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
             runtime.redis.delete(hook_probe_key(merchant, hook.id))
         raise
     try:
-        attempt = _attempt(_client(settings.delivery), hook, event_id, body,
+        attempt = post_event(client_for(settings.delivery), hook, event_id, body,
                            settings.delivery.timeout)
     except BaseException:  # the job's own timeout, say: give the place back all the same
         slots.give_back(runtime.redis, slot, event_id)
@@ -233,21 +239,25 @@ def _delivery_settings() -> DeliverySettings:
 
 
 _clients: dict[tuple[float, bool], httpx.Client] = {}
+_clients_made = threading.Lock()
 
 
-def _client(settings: DeliverySettings) -> httpx.Client:
-    """One client per worker process and setting, so connections to hooks are reused."""
+def client_for(settings: DeliverySettings) -> httpx.Client:
+    """One client per worker process and setting, shared by its threads, so connections
+    to hooks are reused."""
     key = (settings.timeout, settings.allow_private_networks)
-    if key not in _clients:
-        _clients[key] = make_delivery_client(settings.timeout, settings.allow_private_networks)
-    return _clients[key]
+    with _clients_made:
+        if key not in _clients:
+            _clients[key] = make_delivery_client(settings.timeout,
+                                                 settings.allow_private_networks)
+        return _clients[key]
 
 
 def send_once(settings: DeliverySettings, hook: HookSettings, event_id: str, body: bytes
               ) -> Attempt:
     """One signed POST of `body` to the hook, as an attempt is made, recorded nowhere: the
     console's "send a test event"."""
-    return _attempt(_client(settings), hook, event_id, body, settings.timeout)
+    return post_event(client_for(settings), hook, event_id, body, settings.timeout)
 
 
 def _event_body(redis: Redis, event_id: str, hook_id: str) -> bytes | None:
@@ -256,7 +266,7 @@ def _event_body(redis: Redis, event_id: str, hook_id: str) -> bytes | None:
     return bytes(body) if isinstance(body, bytes) else None
 
 
-def _attempt(client: httpx.Client, hook: HookSettings, event_id: str, body: bytes,
+def post_event(client: httpx.Client, hook: HookSettings, event_id: str, body: bytes,
              timeout: float) -> Attempt:
     """One POST, connect to the last byte read within `timeout` (a hook that drips its
     answer is cut off then, and the attempt is a timeout like any other)."""
@@ -300,7 +310,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
              attempt: Attempt, settings: DeliverySettings, batch: metrics.Batch,
              failing: bool) -> dict[str, Any]:
     """`failing`: the hook was failing or paused when this attempt began."""
-    number = _record_attempt(redis, merchant, event_id, hook.id, attempt, settings)
+    number = record_attempt(redis, merchant, event_id, hook.id, attempt, settings)
     outcome = {name: value for name, value in (
         ("status", attempt.status), ("error", attempt.error), ("attempt", number),
         ("duration_ms", attempt.duration_ms), ("url_host", hook.url.host))
@@ -320,7 +330,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
                  error=attempt.error or f"HTTP {attempt.status}")
     job = get_current_job()
     if job is not None and job.retries_left:
-        delay = _next_delay(settings.retry_schedule, number, attempt.retry_after)
+        delay = next_delay(settings.retry_schedule, number, attempt.retry_after)
         job.retry_intervals = [max(1, round(delay))]
         _set_state(redis, event_id, hook.id, settings, state=DeliveryState.RETRYING,
                    attempts=number,
@@ -334,21 +344,25 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
     raise DeliveryFailed(f"attempt {number}: {attempt.status or attempt.error}")
 
 
-def _next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | None) -> float:
+def next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(max(retry_after, RETRY_AFTER_BOUNDS[0]), RETRY_AFTER_BOUNDS[1])
     step = schedule[min(attempt, len(schedule)) - 1] if schedule else 60.0
     return step * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
 
 
-def _record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
+def attempt_entry(attempt: Attempt) -> bytes:
+    """An attempt as `payhooks events` and the console read it from the attempts list."""
+    return orjson.dumps({"at": attempt.at, "status": attempt.status, "error": attempt.error,
+                         "duration_ms": attempt.duration_ms, "answer": attempt.answer})
+
+
+def record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
                     attempt: Attempt, settings: DeliverySettings) -> int:
     """Record the attempt and give back its place among the hook's attempts in flight."""
     key = attempts_key(event_id, hook_id)
-    entry = orjson.dumps({"at": attempt.at, "status": attempt.status, "error": attempt.error,
-                          "duration_ms": attempt.duration_ms, "answer": attempt.answer})
     pipe = redis.pipeline()
-    pipe.rpush(key, entry)
+    pipe.rpush(key, attempt_entry(attempt))
     pipe.expire(key, int(settings.history))
     pipe.hincrby(delivery_key(event_id, hook_id), "attempts", 1)
     pipe.zrem(hook_in_flight_key(merchant, hook_id), event_id)

@@ -20,6 +20,7 @@ import fnmatch
 import functools
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -74,41 +75,71 @@ def wants(hook: HookSettings, event_type: str) -> bool:
     return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in hook.events)
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A delivery written held (workers/first_attempt.py): the callback job attempts it."""
+
+    event_id: str
+    merchant: str
+    hook: HookSettings
+    body: bytes  # the event's JSON, as recorded
+
+
 def record(
     redis: Redis, callback: Callback, facts: Sequence[Fact], hooks: Sequence[HookSettings],
     retry_schedule: Sequence[float],
 ) -> list[PaymentEvent]:
     """Record the facts not recorded yet, in order; the new events."""
+    return record_and_hold(redis, callback, facts, hooks, retry_schedule)[0]
+
+
+def record_and_hold(
+    redis: Redis, callback: Callback, facts: Sequence[Fact], hooks: Sequence[HookSettings],
+    retry_schedule: Sequence[float], hold: float | None = None,
+) -> tuple[list[PaymentEvent], list[Held]]:
+    """`record`; with `hold`, the deliveries to hooks neither paused nor failing are held
+    for that many seconds (in RQ's scheduled registry, not queued): the new events, and
+    the deliveries held."""
     template = delivery_template(tuple(retry_schedule))
     payments: dict[str, list[Fact]] = {}
     for fact in facts:
         payments.setdefault(fact.payment_id, []).append(fact)
     new: list[PaymentEvent] = []
+    held: list[Held] = []
     for payment_facts in payments.values():
         for start in range(0, len(payment_facts), FACTS_PER_TRANSACTION):
             chunk = payment_facts[start:start + FACTS_PER_TRANSACTION]
-            new += _record_payment(redis, template, callback, chunk, hooks)
-    return new
+            new += _record_payment(redis, template, callback, chunk, hooks, hold, held)
+    return new, held
 
 
-def _paused_hooks(redis: Redis, merchant: str, hooks: Sequence[HookSettings]
-                  ) -> tuple[dict[str, float], float]:
-    """The merchant's hooks paused now, with the end of their pause, and Redis's time (one
-    round trip)."""
+@dataclass(frozen=True, slots=True)
+class _HookStates:
+    paused: dict[str, float]  # hook id: the end of its pause
+    failing: set[str]  # hooks with failures in a row (a probe at a time)
+    now: float  # Redis's time
+
+
+def _hook_states(redis: Redis, merchant: str, hooks: Sequence[HookSettings]) -> _HookStates:
+    """Which of the merchant's hooks are paused now (with the end of their pause) or
+    failing, and Redis's time (one round trip)."""
     pipe = redis.pipeline(transaction=False)
     pipe.time()
     for hook in hooks:
-        pipe.hget(hook_key(merchant, hook.id), "paused_until")
-    reply, *pauses = pipe.execute()
+        pipe.hmget(hook_key(merchant, hook.id), ["paused_until", "failures"])
+    reply, *states = pipe.execute()
     now = from_reply(reply)
-    return {hook.id: min(float(until), now + LOOK_AGAIN)
-            for hook, until in zip(hooks, pauses, strict=True)
-            if until is not None and float(until) > now}, now
+    paused = {hook.id: min(float(until), now + LOOK_AGAIN)
+              for hook, (until, _) in zip(hooks, states, strict=True)
+              if until is not None and float(until) > now}
+    failing = {hook.id for hook, (_, failures) in zip(hooks, states, strict=True)
+               if failures is not None and int(failures) > 0}
+    return _HookStates(paused, failing, now)
 
 
 def _record_payment(
     redis: Redis, template: JobTemplate, callback: Callback, facts: list[Fact],
-    hooks: Sequence[HookSettings],
+    hooks: Sequence[HookSettings], hold: float | None, held: list[Held],
 ) -> list[PaymentEvent]:
     """One transaction for all the new facts of one payment: four round trips, and one to
     see which hooks are paused (and Redis's time) when there is something new to deliver."""
@@ -143,11 +174,12 @@ def _record_payment(
                         _keep_state(pipe, payment, changed)
                         pipe.execute()
                     return []  # a duplicate: nothing more to read or write
-                paused, now = _paused_hooks(redis, callback.merchant, hooks)
+                states = _hook_states(redis, callback.merchant, hooks)
                 pipe.multi()
-                _write(pipe, template, events, payment, changed, hooks, callback.id, paused,
-                       now)
+                holding = _write(pipe, template, events, payment, changed, hooks, callback.id,
+                                 states, hold)
                 pipe.execute()
+                held += holding
                 return [event for event, _ in events]
             except WatchError:
                 continue  # another worker recorded something for this payment: look again
@@ -187,46 +219,58 @@ def _event(event: str, callback: Callback, fact: Fact, state: dict[str, int]
 
 def _write(pipe: Pipeline, template: JobTemplate, events: list[tuple[PaymentEvent, Fact]],
            payment: str, changed: dict[str, int], hooks: Sequence[HookSettings],
-           callback_id: str, paused: dict[str, float], now: float) -> None:
-    """`now`: Redis's time, by which the listings are trimmed."""
+           callback_id: str, states: _HookStates, hold: float | None) -> list[Held]:
+    """The events and their deliveries; `states.now`, Redis's time, trims the listings.
+    The deliveries written held (with `hold`, to hooks neither paused nor failing)."""
     _keep_state(pipe, payment, changed)
-    queued = False
+    queued, held = False, []
     for event, _fact in events:
-        pipe.set(event_key(event.id), event.model_dump_json(), ex=DEDUP_SECONDS)
+        body = event.model_dump_json().encode()
+        pipe.set(event_key(event.id), body, ex=DEDUP_SECONDS)
         score = event.timestamp.timestamp()
         for index in (merchant_events_key(event.data.merchant), ALL_EVENTS):
             pipe.zadd(index, {event.id: score})
-            pipe.zremrangebyscore(index, 0, now - DEDUP_SECONDS)
+            pipe.zremrangebyscore(index, 0, states.now - DEDUP_SECONDS)
         for hook in hooks:
-            if wants(hook, event.type.value):
+            if not wants(hook, event.type.value):
+                continue
+            paused = states.paused.get(hook.id)
+            if hold is not None and paused is None and hook.id not in states.failing:
                 _enqueue_delivery(pipe, template, event, hook.id, callback_id,
-                                  paused.get(hook.id))
+                                  states.now + hold, DeliveryState.QUEUED)
+                held.append(Held(event.id, event.data.merchant, hook, body))
+            elif paused is not None:
+                _enqueue_delivery(pipe, template, event, hook.id, callback_id, paused + 1,
+                                  DeliveryState.PAUSED)
+            else:
+                _enqueue_delivery(pipe, template, event, hook.id, callback_id, None,
+                                  DeliveryState.QUEUED)
                 queued = True
     if queued:
         pipe.sadd(template.queues_key, template.queue_key)
+    return held
 
 
 def _enqueue_delivery(pipe: Pipeline, template: JobTemplate, event: PaymentEvent, hook: str,
-                      callback_id: str, paused_until: float | None) -> None:
+                      callback_id: str, due: float | None, state: DeliveryState) -> None:
     """What Queue.enqueue does for the deterministic delivery job, inside our transaction;
-    for a paused hook, what Queue.schedule_job does, for the end of the pause (so that the
-    job does not run, and step aside, while the hook is paused)."""
+    with `due` (a paused hook, a delivery held), what Queue.schedule_job does, for then
+    (so that the job does not run, and step aside, while the hook is paused)."""
     merchant = event.data.merchant
     key = delivery_key(event.id, hook)
-    state = DeliveryState.PAUSED if paused_until else DeliveryState.QUEUED
     pipe.hset(key, mapping={"state": state.value, "attempts": 0,
                             "merchant": merchant, "callback_id": callback_id})
     pipe.expire(key, DEDUP_SECONDS)
     job_id = delivery_job_id(event.id, hook)
     arguments = orjson.dumps([event.id, merchant, hook])[1:-1]
     fields = template.job_hash(arguments, f"deliver {event.id} to {merchant}/{hook}")
-    if paused_until is None:
+    if due is None:
         pipe.hset(template.job_key(job_id), mapping=fields)
         pipe.rpush(template.queue_key, job_id)
         return
     fields["status"] = JobStatus.SCHEDULED.value
     pipe.hset(template.job_key(job_id), mapping=fields)
-    pipe.zadd(SCHEDULED, {job_id: int(paused_until) + 1})
+    pipe.zadd(SCHEDULED, {job_id: int(due)})
 
 
 def _keep_state(pipe: Pipeline, payment: str, changed: dict[str, int]) -> None:

@@ -1,8 +1,10 @@
 """The RQ job behind every queued callback.
 
 `process_callback` asks the provider's module for the facts (the follow-up query), records
-the new ones as canonical events and enqueues their deliveries (workers/events.py). It is
-idempotent: RQ runs jobs at least once, and a second run finds every fact recorded.
+the new ones as canonical events and enqueues their deliveries (workers/events.py); in
+`payhooks worker`, it then makes their first delivery attempts itself
+(workers/first_attempt.py). It is idempotent: RQ runs jobs at least once, and a second run
+finds every fact recorded.
 
 Outcomes, each ending in one `callback_processed` log line:
 - recorded: new facts were recorded (some may have been recorded before);
@@ -42,7 +44,8 @@ from shared.errors import (
 from shared.models import Callback
 from workers import callbacks, unsupported
 from workers import runtime as runtimes
-from workers.events import record
+from workers.events import record_and_hold
+from workers.first_attempt import attempt_held, hold_seconds
 
 log = structlog.get_logger("payhooks.worker")
 RETRY_AFTER_MAX = 3600  # the longest a provider's Retry-After delays a callback
@@ -86,8 +89,10 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
         batch.observe("followup_seconds", time.perf_counter() - asked, callback.provider)
         if not facts:
             raise UnsupportedEvent(f"{callback.provider}: the answer reports no fact we deliver")
-        events = record(runtime.redis, callback, facts, runtime.hooks(callback.merchant),
-                        runtime.settings.delivery.retry_schedule)
+        hold = hold_seconds(runtime.settings.delivery) if runtime.first_attempts else None
+        events, held = record_and_hold(
+            runtime.redis, callback, facts, runtime.hooks(callback.merchant),
+            runtime.settings.delivery.retry_schedule, hold)
     except UnsupportedEvent as exc:
         unsupported.remember(runtime.redis, callback, data, str(exc))
         _done(batch, callback, "unsupported", started, reason=str(exc), level="warning")
@@ -113,6 +118,7 @@ def _process(runtime: runtimes.Runtime, callback: Callback, data: dict[str, Any]
     else:
         _done(batch, callback, "recorded", started, facts=len(facts),
               new_events=[e.id for e in events], types=[e.type.value for e in events])
+    attempt_held(runtime.redis, runtime.settings.delivery, held, batch)
     return {"events": [e.id for e in events], "facts": len(facts)}
 
 
