@@ -28,6 +28,7 @@ Targets, reported and not enforced: process_callback >= 0.7 of the no-op rate; p
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -43,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -430,20 +432,33 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> in
     return 1 if problems else 0
 
 
-def work(config: str, queue: str, burst: bool) -> int:
-    """The measured worker: `build_worker`'s SimpleWorker on one queue, logging as deployed."""
+def work(config: str, queues: tuple[str, ...], burst: bool, concurrency: int = 1) -> int:
+    """The measured worker: `build_worker`'s worker on these queues, logging as deployed;
+    `concurrency` is passed on only when it is not 1 (a `build_worker` that takes none runs
+    one job at a time)."""
     from shared.logging import configure_logging
     from workers.worker import build_worker
 
     settings = load_settings(config)
     configure_logging(settings.logging)
-    worker = build_worker(settings, queues=(queue,))
+    more: dict[str, Any] = {"concurrency": concurrency} if concurrency != 1 else {}
+    worker = build_worker(settings, queues=queues, **more)
     worker.work(burst=burst, with_scheduler=not burst,
                 logging_level=settings.logging.level.upper())
     return 0
 
 
+def _worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.worker",
+                                     description="the worker that payhooks bench measures")
+    parser.add_argument("--worker", nargs=2, required=True, metavar=("CONFIG", "QUEUE[,QUEUE]"))
+    parser.add_argument("--burst", action="store_true", help="stop once the queues are empty")
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="jobs at once (default 1)")
+    args = parser.parse_args(argv)
+    config, names = args.worker
+    return work(config, tuple(filter(None, names.split(","))), args.burst, args.concurrency)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--worker"] or sys.argv[4:] not in ([], ["--burst"]):
-        sys.exit("usage: python -m tests.bench.worker --worker CONFIG QUEUE [--burst]")
-    sys.exit(work(sys.argv[2], sys.argv[3], sys.argv[4:] == ["--burst"]))
+    sys.exit(_worker_main(sys.argv[1:]))
