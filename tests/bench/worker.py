@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -68,6 +68,9 @@ from shared.settings import Settings, load_settings
 from tests.bench.ingress import BenchError, cpu_model, package_version, pin
 from workers.events import delivery_job_id
 from workers.listing import recent_events
+
+if TYPE_CHECKING:
+    from tests.bench import compare
 
 MERCHANT, NETAXEPT_ID, HOOKS = "bench", "12002835", ("orders", "ledger")  # as in CONFIG
 IXOPAY_SECRET = "bench-ixopay-shared-secret"
@@ -412,8 +415,10 @@ def table(noop_rate: float, rate: float, achieved: float, latencies: list[float]
             f"{'met' if p99 <= TARGET_P99_MS else 'NOT met'}"]
 
 
-def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> int:
-    """Run the benchmark and print its table; 0 when every callback gave its deliveries."""
+def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0,
+        peers: compare.Options | None = None) -> int:
+    """Run the benchmark and print its table, then the comparison with the peer job systems
+    when `peers` says how (tests/bench/compare.py); 0 when every callback gave its deliveries."""
     allowed = sorted(os.sched_getaffinity(0))
     cpus = (allowed[0], allowed[-1])  # the same CPU on a one-CPU machine
     try:
@@ -429,7 +434,13 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> in
     print("\n".join(table(noop_rate, rate, achieved, latencies, cost)))
     problems += more
     print(f"checks: {'; '.join(problems) or 'every callback gave its events and deliveries'}")
-    return 1 if problems else 0
+    code = 1 if problems else 0
+    if peers is not None:
+        from tests.bench import compare as peer_comparison  # it imports this module
+
+        print(flush=True)
+        code = max(code, peer_comparison.run(peers))
+    return code
 
 
 def work(config: str, queues: tuple[str, ...], burst: bool, concurrency: int = 1) -> int:
