@@ -454,8 +454,9 @@ def work(config: str, queues: tuple[str, ...], burst: bool, concurrency: int = 1
     configure_logging(settings.logging)
     more: dict[str, Any] = {"concurrency": concurrency} if concurrency != 1 else {}
     worker = build_worker(settings, queues=queues, **more)
+    # RQ's own lines at warning, as `payhooks worker` has them (workers/worker.py `work`)
     worker.work(burst=burst, with_scheduler=not burst,
-                logging_level=settings.logging.level.upper())
+                logging_level="DEBUG" if settings.logging.level == "debug" else "WARNING")
     return 0
 
 
