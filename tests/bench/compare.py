@@ -59,7 +59,7 @@ from kombu.exceptions import KombuError
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from shared.sandbox.processes import clean_env, wait_until
+from shared.sandbox.processes import clean_env
 from shared.sandbox.simulators.callbacks import OutgoingCallback
 from shared.sandbox.simulators.merchant import MerchantEndpoint, Received
 from shared.settings import load_settings
@@ -72,8 +72,9 @@ from tests.bench.worker import MERCHANT, PAYEX_TOKEN, PROVIDERS, Bench, Key, Key
 CONCURRENCY = 16  # jobs at once in one worker process, for payhooks and the peers alike
 LATENCIES = (0.0, 0.05)  # the provider's answer time
 PROCESSES = 4  # payhooks' multi-process run
-START_SECONDS, STALL_SECONDS, POLL_SECONDS, SETTLE_SECONDS = 60.0, 20.0, 0.005, 0.2
-FIRST_GUESS = 100.0  # callbacks/s a system is taken to do before it was measured
+START_SECONDS, STALL_SECONDS, SETTLE_SECONDS = 60.0, 20.0, 0.2
+POLL_SECONDS, START_POLL_SECONDS = 0.005, 0.01  # the endpoint's list; the simulators' count
+FIRST_GUESS = 150.0  # callbacks/s, times the root of its threads, a process is taken to do
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8I"
 TARGETS = {"rate_50": 100.0, "celery_share_50": 0.7, "rate_0": 200.0, "multi_0": 300.0,
            "commands": 60.0, "cpu_ms": 3.0, "rss_mb": 80.0, "rss_at": 32}
@@ -213,13 +214,15 @@ def _alive(runner: Runner, processes: Sequence[subprocess.Popen[bytes]], logs: P
 
 def _wait_started(comparison: Comparison, runner: Runner,
                   processes: Sequence[subprocess.Popen[bytes]], before: int) -> None:
-    """Until the worker's first follow-up request reaches the simulators."""
-    def started() -> bool:
+    """Until the worker's first follow-up request reaches the simulators (asked every
+    START_POLL_SECONDS: the span may start that much late)."""
+    deadline = time.monotonic() + START_SECONDS
+    while _follow_ups(comparison) <= before:
         _alive(runner, processes, comparison.bench.directory)
-        return _follow_ups(comparison) > before
-
-    wait_until(started, START_SECONDS, f"{runner.label} made no follow-up request within "
-               f"{START_SECONDS:g} s", BenchError)
+        if time.monotonic() > deadline:
+            raise BenchError(f"{runner.label} made no follow-up request within "
+                             f"{START_SECONDS:g} s")
+        time.sleep(START_POLL_SECONDS)
 
 
 def _wait_delivered(arrivals: Arrivals, runner: Runner, logs: Path,
@@ -296,8 +299,8 @@ def _count(comparison: Comparison, runner: Runner, latency: float, seconds: floa
         rate = done[-1].rate
     elif latency and at_once:
         rate = min(at_once[-1].rate, threads / (latency + 0.005))
-    else:
-        rate = FIRST_GUESS
+    else:  # not measured yet
+        rate = FIRST_GUESS * math.sqrt(runner.threads)
     return max(4 * threads, 20, round(rate * seconds))
 
 
@@ -413,7 +416,8 @@ def header(comparison: Comparison, options: Options) -> str:
         "of its process tree) over the same span, per callback; RSS: the largest VmHWM of "
         "one process of the tree",
         f"machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}, "
-        f"{versions}, Redis {bench.redis.info('server')['redis_version']} (no persistence)",
+        f"{versions}, Redis {bench.redis.info('server')['redis_version']} (no persistence); "
+        f"load average {os.getloadavg()[0]:.2f} at the start (others' work is noise)",
         f"cores: CPU {bench.cpus[0]}: the worker ({PROCESSES} payhooks processes: CPUs "
         f"{bench.cpus[0]} and {bench.cpus[1]}); CPU {bench.cpus[1]}: Redis, the simulators, "
         "the merchant endpoint, this process",
