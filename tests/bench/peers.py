@@ -80,13 +80,15 @@ def payhooks_concurrency(wanted: int) -> int:
 
 
 def payhooks(config: Path, concurrency: int, processes: int = 1) -> Runner:
+    """`build_worker`'s worker on both queues; `--concurrency` only where it takes one."""
     threads = payhooks_concurrency(concurrency)
     label = f"payhooks (concurrency {threads})" + ("" if threads == concurrency else "*")
     if processes > 1:
         label = f"payhooks, {processes} processes (concurrency {threads} each)"
+    argv = [sys.executable, "-m", "tests.bench.worker", "--worker", str(config),
+            f"{queues.CALLBACKS},{queues.DELIVERIES}"]
     return Runner(f"payhooks-x{processes}" if processes > 1 else "payhooks", label,
-                  [sys.executable, "-m", "tests.bench.worker", "--worker", str(config),
-                   f"{queues.CALLBACKS},{queues.DELIVERIES}", "--concurrency", str(threads)],
+                  argv + (["--concurrency", str(threads)] if threads == concurrency else []),
                   threads, processes, _enqueue_payhooks)
 
 

@@ -443,16 +443,17 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0,
     return code
 
 
-def work(config: str, queues: tuple[str, ...], burst: bool, concurrency: int = 1) -> int:
+def work(config: str, queues: tuple[str, ...], burst: bool, concurrency: int | None = None
+         ) -> int:
     """The measured worker: `build_worker`'s worker on these queues, logging as deployed;
-    `concurrency` is passed on only when it is not 1 (a `build_worker` that takes none runs
-    one job at a time)."""
+    `concurrency` is passed on only when given (a `build_worker` that takes none runs one
+    job at a time; one that does has its own default)."""
     from shared.logging import configure_logging
     from workers.worker import build_worker
 
     settings = load_settings(config)
     configure_logging(settings.logging)
-    more: dict[str, Any] = {"concurrency": concurrency} if concurrency != 1 else {}
+    more: dict[str, Any] = {} if concurrency is None else {"concurrency": concurrency}
     worker = build_worker(settings, queues=queues, **more)
     # RQ's own lines at warning, as `payhooks worker` has them (workers/worker.py `work`)
     worker.work(burst=burst, with_scheduler=not burst,
@@ -465,8 +466,8 @@ def _worker_main(argv: list[str]) -> int:
                                      description="the worker that payhooks bench measures")
     parser.add_argument("--worker", nargs=2, required=True, metavar=("CONFIG", "QUEUE[,QUEUE]"))
     parser.add_argument("--burst", action="store_true", help="stop once the queues are empty")
-    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="jobs at once (default 1)")
+    parser.add_argument("--concurrency", type=int, metavar="N",
+                        help="jobs at once (default: build_worker's)")
     args = parser.parse_args(argv)
     config, names = args.worker
     return work(config, tuple(filter(None, names.split(","))), args.burst, args.concurrency)
