@@ -224,13 +224,21 @@ def _parser() -> argparse.ArgumentParser:
     bench_delivery.add_argument("--quick", action="store_true", help="300 deliveries, 1 round")
     bench_delivery.set_defaults(run=_bench_delivery)
     bench_worker = bench_parts.add_parser(
-        "worker", help="one worker's process_callback rate next to RQ's no-op rate, and the "
-        "latency from the ingress's 200 to the delivery jobs")
+        "worker", help="one worker's process_callback rate next to RQ's no-op rate, the "
+        "latency from the ingress's 200 to the delivery jobs, and the worker next to Celery "
+        "and dramatiq doing the same work")
     bench_worker.add_argument("--callbacks", type=int, default=3000, help="callbacks a round")
     bench_worker.add_argument("--rounds", type=int, default=3,
-                              help="no-op/process_callback pairs; medians are reported")
+                              help="no-op/process_callback pairs, and comparison rounds; "
+                                   "medians are reported")
+    bench_worker.add_argument("--concurrency", type=int, default=None, metavar="N",
+                              help="jobs at once a worker process in the comparison "
+                                   "(default 16; 4 with --quick)")
+    bench_worker.add_argument("--without-peers", action="store_true",
+                              help="leave out the comparison with Celery and dramatiq")
     bench_worker.add_argument("--quick", action="store_true",
-                              help="200 callbacks, one round, 3 s end to end, for CI")
+                              help="200 callbacks, one round, 3 s end to end, a short "
+                                   "comparison, for CI")
     bench_worker.set_defaults(run=_bench_worker)
     bench_all = bench_parts.add_parser(
         "all", help="the whole system on this machine: ingress, pipeline, scaling, memory "
@@ -579,10 +587,21 @@ def _bench_delivery(args: argparse.Namespace) -> int:
 
 
 def _bench_worker(args: argparse.Namespace) -> int:
-    run = _tool("tests.bench.worker").run
+    import dataclasses
+
+    run, compare = _tool("tests.bench.worker").run, _tool("tests.bench.compare")
+    try:
+        peers = compare.Options(rounds=args.rounds)
+        peers = peers.quickened() if args.quick else peers
+        if args.concurrency is not None:
+            peers = dataclasses.replace(peers, concurrency=args.concurrency)
+    except ValueError as exc:
+        print(f"payhooks bench worker: {exc}", file=sys.stderr)
+        return 2
+    peers = None if args.without_peers else peers
     if args.quick:
-        return int(run(callbacks=200, rounds=1, e2e_seconds=3.0))
-    return int(run(callbacks=args.callbacks, rounds=args.rounds))
+        return int(run(callbacks=200, rounds=1, e2e_seconds=3.0, peers=peers))
+    return int(run(callbacks=args.callbacks, rounds=args.rounds, peers=peers))
 
 
 def _bench_all(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ Targets, reported and not enforced: process_callback >= 0.7 of the no-op rate; p
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -43,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -66,6 +68,9 @@ from shared.settings import Settings, load_settings
 from tests.bench.ingress import BenchError, cpu_model, package_version, pin
 from workers.events import delivery_job_id
 from workers.listing import recent_events
+
+if TYPE_CHECKING:
+    from tests.bench import compare
 
 MERCHANT, NETAXEPT_ID, HOOKS = "bench", "12002835", ("orders", "ledger")  # as in CONFIG
 IXOPAY_SECRET = "bench-ixopay-shared-secret"
@@ -410,8 +415,10 @@ def table(noop_rate: float, rate: float, achieved: float, latencies: list[float]
             f"{'met' if p99 <= TARGET_P99_MS else 'NOT met'}"]
 
 
-def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> int:
-    """Run the benchmark and print its table; 0 when every callback gave its deliveries."""
+def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0,
+        peers: compare.Options | None = None) -> int:
+    """Run the benchmark and print its table, then the comparison with the peer job systems
+    when `peers` says how (tests/bench/compare.py); 0 when every callback gave its deliveries."""
     allowed = sorted(os.sched_getaffinity(0))
     cpus = (allowed[0], allowed[-1])  # the same CPU on a one-CPU machine
     try:
@@ -427,23 +434,44 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0) -> in
     print("\n".join(table(noop_rate, rate, achieved, latencies, cost)))
     problems += more
     print(f"checks: {'; '.join(problems) or 'every callback gave its events and deliveries'}")
-    return 1 if problems else 0
+    code = 1 if problems else 0
+    if peers is not None:
+        from tests.bench import compare as peer_comparison  # it imports this module
+
+        print(flush=True)
+        code = max(code, peer_comparison.run(peers))
+    return code
 
 
-def work(config: str, queue: str, burst: bool) -> int:
-    """The measured worker: `build_worker`'s SimpleWorker on one queue, logging as deployed."""
+def work(config: str, queues: tuple[str, ...], burst: bool, concurrency: int | None = None
+         ) -> int:
+    """The measured worker: `build_worker`'s worker on these queues, logging as deployed;
+    `concurrency` is passed on only when given (a `build_worker` that takes none runs one
+    job at a time; one that does has its own default)."""
     from shared.logging import configure_logging
     from workers.worker import build_worker
 
     settings = load_settings(config)
     configure_logging(settings.logging)
-    worker = build_worker(settings, queues=(queue,))
+    more: dict[str, Any] = {} if concurrency is None else {"concurrency": concurrency}
+    worker = build_worker(settings, queues=queues, **more)
+    # RQ's own lines at warning, as `payhooks worker` has them (workers/worker.py `work`)
     worker.work(burst=burst, with_scheduler=not burst,
-                logging_level=settings.logging.level.upper())
+                logging_level="DEBUG" if settings.logging.level == "debug" else "WARNING")
     return 0
 
 
+def _worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.worker",
+                                     description="the worker that payhooks bench measures")
+    parser.add_argument("--worker", nargs=2, required=True, metavar=("CONFIG", "QUEUE[,QUEUE]"))
+    parser.add_argument("--burst", action="store_true", help="stop once the queues are empty")
+    parser.add_argument("--concurrency", type=int, metavar="N",
+                        help="jobs at once (default: build_worker's)")
+    args = parser.parse_args(argv)
+    config, names = args.worker
+    return work(config, tuple(filter(None, names.split(","))), args.burst, args.concurrency)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--worker"] or sys.argv[4:] not in ([], ["--burst"]):
-        sys.exit("usage: python -m tests.bench.worker --worker CONFIG QUEUE [--burst]")
-    sys.exit(work(sys.argv[2], sys.argv[3], sys.argv[4:] == ["--burst"]))
+    sys.exit(_worker_main(sys.argv[1:]))
