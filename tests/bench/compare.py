@@ -405,7 +405,6 @@ def header(comparison: Comparison, options: Options) -> str:
     bench, n = comparison.bench, options.concurrency
     versions = ", ".join(f"{name} {package_version(name)}" for name in (
         "celery", "kombu", "dramatiq", "rq", "redis", "httpx"))
-    slow = peers.payhooks_concurrency(n) != n
     return "\n".join([
         f"comparison with peer job systems: N = {n} jobs at once a worker process, medians "
         f"of {options.rounds} rounds of about {options.seconds:g} s of deliveries a run"
@@ -423,8 +422,6 @@ def header(comparison: Comparison, options: Options) -> str:
         f"cores: CPU {bench.cpus[0]}: the worker ({PROCESSES} payhooks processes: CPUs "
         f"{bench.cpus[0]} and {bench.cpus[1]}); CPU {bench.cpus[1]}: Redis, the simulators, "
         "the merchant endpoint, this process",
-        *(["* build_worker takes no `concurrency` yet: payhooks runs one job at a time"]
-          if slow else []),
     ])
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
 import signal
 import subprocess
@@ -71,25 +70,15 @@ class PeerTarget:
         return {peer_task.ENV[name]: getattr(self, name) for name in peer_task.ENV}
 
 
-def payhooks_concurrency(wanted: int) -> int:
-    """The concurrency payhooks' worker will run with: `wanted`, or 1 where `build_worker`
-    takes no `concurrency` yet."""
-    from workers.worker import build_worker
-
-    return wanted if "concurrency" in inspect.signature(build_worker).parameters else 1
-
-
 def payhooks(config: Path, concurrency: int, processes: int = 1) -> Runner:
-    """`build_worker`'s worker on both queues; `--concurrency` only where it takes one."""
-    threads = payhooks_concurrency(concurrency)
-    label = f"payhooks (concurrency {threads})" + ("" if threads == concurrency else "*")
+    """`build_worker`'s worker on both queues, `concurrency` jobs at once a process."""
+    label = f"payhooks (concurrency {concurrency})"
     if processes > 1:
-        label = f"payhooks, {processes} processes (concurrency {threads} each)"
+        label = f"payhooks, {processes} processes (concurrency {concurrency} each)"
     argv = [sys.executable, "-m", "tests.bench.worker", "--worker", str(config),
-            f"{queues.CALLBACKS},{queues.DELIVERIES}"]
-    return Runner(f"payhooks-x{processes}" if processes > 1 else "payhooks", label,
-                  argv + (["--concurrency", str(threads)] if threads == concurrency else []),
-                  threads, processes, _enqueue_payhooks)
+            f"{queues.CALLBACKS},{queues.DELIVERIES}", "--concurrency", str(concurrency)]
+    return Runner(f"payhooks-x{processes}" if processes > 1 else "payhooks", label, argv,
+                  concurrency, processes, _enqueue_payhooks)
 
 
 def celery(concurrency: int) -> Runner:

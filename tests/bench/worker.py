@@ -3,12 +3,15 @@ from the ingress's 200 to a callback's delivery jobs. Redis (ours, no persistenc
 provider simulators (`python -m shared.sandbox.simulators`, answering at once) run as processes.
 
 1. RQ's no-op rate, the ceiling: N jobs of `noop`, shaped like callback jobs (the ingress's
-   template, options, payloads and enqueue script), run by one `build_worker` SimpleWorker
-   in burst mode. Jobs/s = N / (first `started_at` to last `ended_at` in the job hashes).
+   template, options, payloads and enqueue script), run by one `build_worker` worker (its
+   default concurrency) in burst mode. Jobs/s = N / (first `started_at` to last `ended_at` in the job hashes).
 2. process_callback's rate: N callbacks, a quarter per provider (Netaxept authorized and
    captured: two events; a PayEx payment with a completed Sale; IXOPAY DEBIT OK, which is
    authoritative; ifthenpay paid), verified and stored as the ingress does, run and timed
-   the same way on `callbacks`. Two hooks take every event: two delivery jobs an event.
+   the same way on `callbacks`. Two hooks take every event: two delivery jobs an event
+   (the callback job makes no first attempts here, `[worker] inline_first_attempt =
+   false`: steps 1-3 measure it up to its delivery jobs; the comparison that follows
+   measures the whole work, deliveries included, with the defaults).
    Every callback must give its events and no job may fail, else exit code 1. Steps 1 and
    2 alternate for `rounds` rounds on a flushed Redis (this VM's speed drifts): medians.
 3. End to end: the real ingress and one continuous worker (with the scheduler) take fresh
@@ -44,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
@@ -84,6 +87,8 @@ CONFIG = """\
 redis_url = "{redis}"
 logging = {{ level = "info", format = "json" }}
 delivery = {{ allow_private_networks = true }}
+# steps 1-3 measure process_callback up to its delivery jobs: no first attempts of its own
+worker = {{ inline_first_attempt = false }}
 
 # max_follow_ups_per_minute: measured here is the throughput, not the flood cap (600)
 [merchants.bench]
@@ -445,16 +450,14 @@ def run(callbacks: int = 3000, rounds: int = 3, e2e_seconds: float = 10.0,
 
 def work(config: str, queues: tuple[str, ...], burst: bool, concurrency: int | None = None
          ) -> int:
-    """The measured worker: `build_worker`'s worker on these queues, logging as deployed;
-    `concurrency` is passed on only when given (a `build_worker` that takes none runs one
-    job at a time; one that does has its own default)."""
+    """The measured worker: `build_worker`'s worker on these queues, logging as deployed,
+    `concurrency` jobs at once (default: the config's `[worker] concurrency`)."""
     from shared.logging import configure_logging
     from workers.worker import build_worker
 
     settings = load_settings(config)
     configure_logging(settings.logging)
-    more: dict[str, Any] = {} if concurrency is None else {"concurrency": concurrency}
-    worker = build_worker(settings, queues=queues, **more)
+    worker = build_worker(settings, queues=queues, concurrency=concurrency)
     # RQ's own lines at warning, as `payhooks worker` has them (workers/worker.py `work`)
     worker.work(burst=burst, with_scheduler=not burst,
                 logging_level="DEBUG" if settings.logging.level == "debug" else "WARNING")
