@@ -84,9 +84,13 @@ async def test_each_provider_callback_becomes_an_event_once(
          "--merchant", "shop-eu"], capture_output=True, text=True, check=True, timeout=60)
     lines = [json.loads(line) for line in listed.stdout.splitlines()]
     assert len(lines) == 5
-    # the worker's own first attempts, to a hook that refuses connections, then retries due
-    assert all(line["deliveries"]["orders"].startswith(
-        "retrying (attempt 1 failed: could not connect") for line in lines), lines
+    # the hook refuses connections: a first attempt failed (retrying), or the hook was
+    # failing or paused by then and the delivery waits its turn (queued, paused)
+    states = [line["deliveries"]["orders"] for line in lines]
+    assert all(state.split(" ")[0] in {"retrying", "queued", "paused"} for state in states), (
+        states)
+    assert any(state.startswith("retrying (attempt 1 failed: could not connect")
+               for state in states), states
     times = [line["timestamp"] for line in lines]
     assert times == sorted(times, reverse=True)
     table = subprocess.run(
