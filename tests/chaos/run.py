@@ -751,7 +751,9 @@ def report(plan: Plan, tally: Tally, result: Account, seconds: float) -> list[st
         ("  forged answered 200 (unverifiable ids)", result.forged_acknowledged),
         ("  events from forged callbacks", result.forged_events),
         ("workers SIGKILLed", tally.kills),
-        (f"Redis restarts (AOF, appendfsync {plan.appendfsync})", len(tally.redis_restarts)),
+        ("primaries SIGKILLed, a replica promoted (min_replicas 1)" if plan.failover
+         else f"Redis restarts (AOF, appendfsync {plan.appendfsync})",
+         len(tally.redis_restarts)),
         ("Redis stalls (SIGSTOP), seconds in all", round(sum(b - a for a, b in tally.stalls))),
         ("  requests in flight during a stall", len(stalled)),
         ("    answered 503", sum(status == 503 for _, status in stalled)),
