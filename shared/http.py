@@ -105,16 +105,33 @@ def _transport(backend: httpcore.NetworkBackend, limits: httpx.Limits) -> httpx.
     return transport
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing. Neither a provider's API nor a hook is a browser session:
+    a cookie one merchant's hook set must never go to another's on the same host. And
+    httpx parses every response's cookies through the standard library's cookie jar, which
+    was a twelfth of a worker's CPU per callback."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+def _cookieless(client: httpx.Client) -> httpx.Client:
+    # httpx has no switch for cookies; its `cookies` setter would copy our jar into its own
+    client._cookies = _NoCookies()
+    return client
+
+
 def make_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """A client with our timeouts, deadlines and user agent; `transport` is the test seam."""
+    """A client with our timeouts, deadlines and user agent, keeping no cookies;
+    `transport` is the test seam."""
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
-    return httpx.Client(
+    return _cookieless(httpx.Client(
         timeout=TIMEOUT,
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         transport=transport or _transport(_DeadlineBackend(), limits),
         limits=limits,
-    )
+    ))
 
 
 REFUSED = "refused"
@@ -147,16 +164,16 @@ class _PublicOnlyBackend(_DeadlineBackend):
 
 def make_delivery_client(timeout: float, allow_private_networks: bool,
                          transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """The client for merchant hooks: no redirects, a total timeout, and (unless allowed)
-    no connection to private, loopback or link-local addresses."""
+    """The client for merchant hooks: no redirects, a total timeout, no cookies, and
+    (unless allowed) no connection to private, loopback or link-local addresses."""
     if transport is None:
         backend = _DeadlineBackend() if allow_private_networks else _PublicOnlyBackend()
         transport = _transport(backend, httpx.Limits(max_connections=50,
                                                      max_keepalive_connections=20))
-    return httpx.Client(
+    return _cookieless(httpx.Client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         headers={"User-Agent": USER_AGENT}, follow_redirects=False, transport=transport,
-    )
+    ))
 
 
 def send(client: httpx.Client, method: str, url: str, what: str, *,

@@ -113,6 +113,21 @@ def test_events_arrive_signed_and_verify_with_every_rotated_secret(
         "orders": "delivered (1 attempt)", "refunds": "delivered (1 attempt)"}
 
 
+def test_a_cookie_a_hook_sets_is_sent_to_no_hook(
+        delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    """The endpoint sets a cookie on every answer; neither the next delivery to it nor
+    one to another hook on the same host carries it."""
+    endpoint.script("/orders", default=Answer(headers={"Set-Cookie": "session=abc; Path=/"}))
+    endpoint.script("/refunds", default=Answer(headers={"Set-Cookie": "other=xyz; Path=/"}))
+    process_callback(netaxept(admin, "d-cookie", authorized=True, captured=10000,
+                              credited=100))
+    work(delivering)
+    received = endpoint.requests_to("/orders") + endpoint.requests_to("/refunds")
+    assert len(received) == 4
+    assert not [r for r in received if "cookie" in {k.lower() for k in r.headers}]
+
+
 def test_a_failure_is_retried_with_jitter_then_delivered(
         delivering: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
         redis_client: redis.Redis) -> None:
