@@ -4,7 +4,8 @@ provider simulators (`python -m shared.sandbox.simulators`, answering at once) r
 
 1. RQ's no-op rate, the ceiling: N jobs of `noop`, shaped like callback jobs (the ingress's
    template, options, payloads and enqueue script), run by one `build_worker` worker (its
-   default concurrency) in burst mode. Jobs/s = N / (first `started_at` to last `ended_at` in the job hashes).
+   default concurrency) in burst mode. Jobs/s = N / (first `started_at` to last
+   `ended_at` in the job hashes).
 2. process_callback's rate: N callbacks, a quarter per provider (Netaxept authorized and
    captured: two events; a PayEx payment with a completed Sale; IXOPAY DEBIT OK, which is
    authoritative; ifthenpay paid), verified and stored as the ingress does, run and timed
