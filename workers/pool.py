@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from rq import Queue
 from rq.job import Job
-from rq.timeouts import JobTimeoutException
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 
 Run = Callable[[Job, Queue], None]
 
@@ -139,6 +139,17 @@ class Pool:
                     self._running.pop(ident, None)
                     self._busy -= 1
                     self._changed.notify_all()
+
+
+class NoDeathPenalty(BaseDeathPenalty):
+    """RQ's timeouts are SIGALRM, which a pool thread cannot take: none here (the lease
+    thread stops a job that overruns its timeout, `Pool.stop_overdue`)."""
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
 
 
 def _raise_in(thread: int, exception: type[BaseException]) -> None:

@@ -1,24 +1,22 @@
-"""`payhooks worker [--burst]`: RQ on `callbacks` and `deliveries`, with the scheduler.
+"""`payhooks worker`: RQ on `callbacks` and `deliveries`, with the scheduler, running up to
+`[worker] concurrency` jobs at once (workers/pool.py).
 
-It is RQ's SimpleWorker, which runs jobs in its own process instead of forking one per job:
-measured here, a forking worker runs about 60 no-op jobs a second and a non-forking one
-about 380, and only a process that lives on can keep HTTP connections to providers and
-merchants open between jobs. The price is that a job that crashes the interpreter takes
-the worker with it; RQ then sees the job abandoned and, since every job carries a Retry,
-runs it again (jobs are idempotent).
+It builds on RQ's SimpleWorker, which runs jobs in its own process instead of forking one
+per job: measured here, a forking worker runs about 60 no-op jobs a second and a
+non-forking one about 380, and only a process that lives on can keep HTTP connections to
+providers and merchants open between jobs. The price is that a job that crashes the
+interpreter takes the worker with it; RQ then sees its jobs abandoned and, since every job
+carries a Retry, runs them again (jobs are idempotent).
 
 How soon: RQ only learns that a SimpleWorker died when the lease on its job runs out, and
 by default that lease is the job's timeout plus a minute (three minutes for a callback),
-because a SimpleWorker cannot renew it while the job runs. Here a thread renews it every
-RENEW_SECONDS, so the lease can be LEASE_SECONDS; the registry clean-up that finds expired
-leases runs every MAINTENANCE_SECONDS instead of RQ's 10 minutes, idle or not (RQ's wait
-for a job, during which no clean-up runs, is cut to the same length). A worker killed
-mid-job has its job running again within about 40 s (lease, clean-up, first retry).
-
-Taking a job is safe too. For a worker of several queues RQ uses BLPOP, and a worker killed
-between that pop and registering the job would lose it (it is then in no list at all).
-Here every job moves from its queue to the queue's intermediate list, where RQ's clean-up
-finds it after a minute if nobody registered it, as RQ does for a worker of one queue.
+because a SimpleWorker cannot renew it while the job runs. Here a thread renews the lease
+of every job in flight every RENEW_SECONDS, so a lease can be LEASE_SECONDS; the registry
+clean-up that finds expired leases runs every MAINTENANCE_SECONDS instead of RQ's 10
+minutes, idle or not (RQ's wait for a job, during which no clean-up runs, is cut to the
+same length). A worker killed mid-job has its jobs running again within about 40 s
+(lease, clean-up, first retry). Jobs are taken safely (workers/taking.py), and started and
+ended in one round trip each (workers/lifecycle.py).
 
 Redis going away makes RQ's loop give up; `work` then waits until Redis answers and starts
 a fresh worker, so no one has to restart the process. Start as many workers as you like,
@@ -39,18 +37,14 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
 import redis
 import structlog
 from redis import Redis
-from redis.commands.core import Script
 from rq import Queue, SimpleWorker, utils, worker_registration
-from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
-from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.registry import (
     DeferredJobRegistry,
@@ -59,7 +53,7 @@ from rq.registry import (
     StartedJobRegistry,
 )
 from rq.serializers import JSONSerializer
-from rq.timeouts import BaseDeathPenalty, JobTimeoutException
+from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
 from shared import metrics
@@ -78,16 +72,15 @@ from shared.queue import CALLBACKS, DELIVERIES
 from shared.redis_client import connect
 from shared.settings import Settings
 from workers import lifecycle, runtime
-from workers.pool import Pool, Running
+from workers.pool import NoDeathPenalty, Pool, Running
 from workers.runtime import Runtime
+from workers.taking import STOPPING, SafeQueue
 
 MAINTENANCE_SECONDS = 10
 LEASE_SECONDS = 20  # how long a running job's registry entry lasts without renewal
 RENEW_SECONDS = 5
 STRANDED_SECONDS = 60  # on a queue's intermediate list, seen at every clean-up: put back
 HEARTBEAT_SECONDS = 5  # the worker's own hash, written by the main loop at most this often
-SWEEP_LOCK_SECONDS = 60  # one worker sweeps a queue at a time; RQ holds the lock 15 minutes
-BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest wait between tries to reach Redis
 
 log = structlog.get_logger("payhooks.worker")
@@ -118,85 +111,6 @@ class _Lease(threading.Thread):
                 log.warning("worker.lease_not_renewed", error=exc.__class__.__name__)
 
 
-# KEYS: each queue's list, then its intermediate list. Moves the first job found (queues in
-# order) to its queue's intermediate list; returns the queue's key and the job id, or nil.
-_TAKE_FIRST = """
-local n = #KEYS / 2
-for i = 1, n do
-  local id = redis.call('LMOVE', KEYS[i], KEYS[n + i], 'LEFT', 'RIGHT')
-  if id then return {KEYS[i], id} end
-end
-return nil
-"""
-
-
-class SafeQueue(Queue):
-    """RQ's Queue, except that a worker of several queues takes jobs through their
-    intermediate lists (RQ's own way for one queue) instead of with a bare BLPOP, and that
-    the lock on sweeping the queue lapses after a minute, not RQ's fifteen: a worker killed
-    (or cut off from Redis) while it held the lock stopped every sweep, and so the rescue
-    of every abandoned job, for that long."""
-
-    _take_first: Script | None = None
-
-    def acquire_maintenance_lock(self) -> bool:
-        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True,
-                                        ex=SWEEP_LOCK_SECONDS))
-
-    @classmethod
-    def lpop(cls, queue_keys: Sequence[str], timeout: int | None,
-             connection: Redis | None = None) -> tuple[str, Any] | None:
-        assert connection is not None
-        if cls._take_first is None:
-            SafeQueue._take_first = connection.register_script(_TAKE_FIRST)
-        assert cls._take_first is not None
-        lists = [*queue_keys, *(IntermediateQueue.get_intermediate_queue_key(key)
-                                for key in queue_keys)]
-        deadline = time.monotonic() + (timeout or 0)
-        while True:
-            _STOPPING.check()  # asked to stop: take nothing more
-            found = cls._take_first(keys=lists, client=connection)
-            if found is not None:
-                return found[0].decode(), found[1]
-            left = deadline - time.monotonic()
-            if timeout is None:
-                return None
-            if left <= 0:
-                raise DequeueTimeout(timeout, queue_keys)
-            job_id = connection.blmove(queue_keys[0], lists[len(queue_keys)], BLOCK_SECONDS)
-            if job_id is not None:
-                return queue_keys[0], job_id
-
-
-class _NoDeathPenalty(BaseDeathPenalty):
-    """RQ's timeouts are SIGALRM, which a pool thread cannot take: none here (workers/pool.py
-    stops a job that overruns its timeout)."""
-
-    def setup_death_penalty(self) -> None:
-        pass
-
-    def cancel_death_penalty(self) -> None:
-        pass
-
-
-class _Stopping:
-    """Set by a stop request; the main thread's next look at the queues ends the loop."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise StopRequested()
-
-
-_STOPPING = _Stopping()
 _executions = threading.local()  # the execution each pool thread runs (RQ keeps one)
 
 
@@ -216,7 +130,7 @@ class Worker(SimpleWorker):
 
     stopping = False  # a SIGTERM or SIGINT came: do not start again
     concurrency = 1
-    death_penalty_class = _NoDeathPenalty  # threads get no SIGALRM: the lease thread times jobs
+    death_penalty_class = NoDeathPenalty  # threads get no SIGALRM: the lease thread times jobs
     _pool: Pool | None = None
     _lease_thread: _Lease | None = None
     _cold = False
@@ -253,7 +167,7 @@ class Worker(SimpleWorker):
         its jobs in flight, which may queue more (deliveries, retries due now), and looks
         again before it ends."""
         while True:
-            _STOPPING.check()
+            STOPPING.check()
             found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             pool = self._pool
             if found is not None or timeout is not None or pool is None or not pool.busy:
@@ -429,7 +343,7 @@ class Worker(SimpleWorker):
     # Stopping ----------------------------------------------------------------------------
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        _STOPPING.clear()
+        STOPPING.clear()
         self.tally = metrics.Tally()
         metrics.install(self.tally)  # the jobs' metrics, sent once a second (shared/metrics.py)
         return bool(super().work(*args, **kwargs))
@@ -443,7 +357,7 @@ class Worker(SimpleWorker):
         raised from the signal handler, as RQ does when idle: the main thread may be
         handing a job to a thread; it stops at its next look at the queues instead."""
         self._stop_requested = True
-        _STOPPING.set()
+        STOPPING.set()
         self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
         if self.scheduler:
             self.stop_scheduler()  # type: ignore[no-untyped-call]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from rq import Queue, Retry, get_current_job
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -142,17 +142,20 @@ def _exit_code(pid: int, seconds: float) -> int:
     raise AssertionError("the worker did not stop")
 
 
-def _running(client: redis.Redis, count: int) -> None:
-    wait_until(lambda: int(client.get(IN_FLIGHT) or 0) == count, 20,
-               f"{count} jobs did not start")
+def _busy_worker(server: RedisServer, jobs: int, seconds: float
+                 ) -> tuple[Queue, list[Job], int]:
+    """`jobs` jobs of `seconds` queued, and a forked worker of 4 threads running 4 of them."""
+    queue = queue_of(server)
+    queued = [queue.enqueue(overlapping_job, seconds) for _ in range(jobs)]
+    pid = _fork_worker(server.url)
+    wait_until(lambda: int(queue.connection.get(IN_FLIGHT) or 0) == 4, 20,
+               "4 jobs did not start")
+    return queue, queued, pid
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_warm_stop_finishes_the_jobs_in_flight_and_takes_no_more(server: RedisServer) -> None:
-    queue = queue_of(server)
-    jobs = [queue.enqueue(overlapping_job, 1.5) for _ in range(6)]
-    pid = _fork_worker(server.url)
-    _running(queue.connection, 4)
+    queue, jobs, pid = _busy_worker(server, 6, 1.5)
     os.kill(pid, signal.SIGTERM)
     assert _exit_code(pid, 20) == 0
     states = [job.get_status(refresh=True) for job in jobs]
@@ -163,10 +166,7 @@ def test_a_warm_stop_finishes_the_jobs_in_flight_and_takes_no_more(server: Redis
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_cold_stop_gives_the_jobs_in_flight_back_to_their_queue(server: RedisServer) -> None:
-    queue = queue_of(server)
-    jobs = [queue.enqueue(overlapping_job, 30) for _ in range(4)]
-    pid = _fork_worker(server.url)
-    _running(queue.connection, 4)
+    queue, jobs, pid = _busy_worker(server, 4, 30)
     os.kill(pid, signal.SIGTERM)
     time.sleep(1.2)  # a second signal within a second is the same stop, signalled twice
     os.kill(pid, signal.SIGTERM)

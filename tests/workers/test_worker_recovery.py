@@ -38,6 +38,7 @@ from tests.helpers import (
     make_settings,
     wait_until,
 )
+from workers import taking
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def test_a_job_taken_by_a_worker_that_dies_at_once_is_found_again(
     assert not anywhere(take(Queue))
 
     job = enqueue(server.url, 0.0)
-    assert take(worker_main.SafeQueue).id == job.id  # ...and the worker dies here
+    assert take(taking.SafeQueue).id == job.id  # ...and the worker dies here
     assert client.lrange("rq:queue:callbacks:intermediate", 0, -1) == [job.id.encode()]
     worker = worker_main.build_worker(make_settings(server.url))
     queue = worker.queues[0]
@@ -242,13 +243,14 @@ def test_a_sweep_lock_left_by_a_killed_worker_lapses_within_a_minute(server: Red
 
     queue = worker_main.build_worker(make_settings(server.url)).queues[0]
     assert queue.acquire_maintenance_lock()
-    assert 0 < client.ttl(queue.registry_cleaning_key) <= worker_main.SWEEP_LOCK_SECONDS
+    assert 0 < client.ttl(queue.registry_cleaning_key) <= taking.SWEEP_LOCK_SECONDS
     assert not queue.acquire_maintenance_lock()  # still one sweeper at a time
 
 
 SKEWED_WORKER = """
 import sys
 import workers.worker as worker_main
+from workers import taking
 from tests.helpers import make_settings
 worker_main.LEASE_SECONDS, worker_main.RENEW_SECONDS, worker_main.MAINTENANCE_SECONDS = 2, 0.3, 1
 sys.exit(worker_main.work(make_settings(sys.argv[1], logging={"level": "warning"})))
