@@ -153,7 +153,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
         raise
     try:
         attempt = post_event(client_for(settings.delivery), hook, event_id, body,
-                           settings.delivery.timeout)
+                             settings.delivery.timeout)
     except BaseException:  # the job's own timeout, say: give the place back all the same
         slots.give_back(runtime.redis, slot, event_id)
         raise
@@ -267,7 +267,7 @@ def _event_body(redis: Redis, event_id: str, hook_id: str) -> bytes | None:
 
 
 def post_event(client: httpx.Client, hook: HookSettings, event_id: str, body: bytes,
-             timeout: float) -> Attempt:
+               timeout: float) -> Attempt:
     """One POST, connect to the last byte read within `timeout` (a hook that drips its
     answer is cut off then, and the attempt is a timeout like any other)."""
     started = time.time()
@@ -358,7 +358,7 @@ def attempt_entry(attempt: Attempt) -> bytes:
 
 
 def record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
-                    attempt: Attempt, settings: DeliverySettings) -> int:
+                   attempt: Attempt, settings: DeliverySettings) -> int:
     """Record the attempt and give back its place among the hook's attempts in flight."""
     key = attempts_key(event_id, hook_id)
     pipe = redis.pipeline()

@@ -26,11 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import structlog
+from redis import RedisError
 from rq import Queue
 from rq.job import Job
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 
 Run = Callable[[Job, Queue], None]
+log = structlog.get_logger("payhooks.worker")
 
 
 @dataclass
@@ -134,6 +137,11 @@ class Pool:
                 self._running[ident] = Running(job, queue, ident)
             try:
                 self._run(job, queue)
+            except Exception as exc:  # the thread's outermost place: it must live on
+                # Redis failing as the job started or ended: the job's lease, or the
+                # intermediate list it is still on, has it run again (workers/worker.py)
+                log.error("job_not_finished", job_id=job.id, error=exc.__class__.__name__,
+                          exc_info=not isinstance(exc, RedisError))
             finally:
                 with self._changed:
                     self._running.pop(ident, None)

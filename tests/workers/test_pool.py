@@ -106,6 +106,27 @@ def test_a_job_past_its_timeout_is_stopped_in_its_thread_and_retried(
     assert all(job.get_status(refresh=True) == JobStatus.FINISHED for job in others)
 
 
+def test_a_pool_thread_lives_on_when_running_a_job_fails(server: RedisServer) -> None:
+    """Redis failing as a job starts or ends raises out of the worker's run: the thread
+    logs it and takes the next job (else the pool would shrink for good)."""
+    from workers.pool import Pool
+
+    queue = queue_of(server)
+    jobs = [queue.enqueue(overlapping_job, 0) for _ in range(3)]
+    ran: list[str] = []
+
+    def run(job: Job, _queue: Queue) -> None:
+        ran.append(job.id)
+        if len(ran) == 1:
+            raise redis.ConnectionError("Redis went away")
+
+    pool = Pool(1, run)
+    for job in jobs:
+        pool.submit(job, queue)
+    wait_until(lambda: len(ran) == 3 and pool.busy == 0, 5, lambda: f"ran only {ran}")
+    assert ran == [job.id for job in jobs]
+
+
 def test_a_burst_waits_for_its_jobs_in_flight_and_runs_what_they_queue(
     server: RedisServer
 ) -> None:
