@@ -17,8 +17,9 @@ on the queue. Then:
   `note_failure`, which may pause it), and the held job becomes an ordinary delivery job
   with one try less, due after the first step of the retry schedule (or the hook's
   Retry-After);
-- the hook has no place free, or this callback's time for first attempts (two delivery
-  timeouts) is spent: the held job is queued now, for a delivery job;
+- the hook has no place free, it failed a first attempt of this callback already, or this
+  callback's time for first attempts (two delivery timeouts) is spent: the held job is
+  queued now, for a delivery job (which probes a failing hook one attempt at a time);
 - the worker dies or the callback job fails before: the held job comes due, RQ's
   scheduler queues it, and a delivery job makes the attempt.
 A delivery job that finds its delivery delivered already (the attempt here ended after
@@ -68,9 +69,10 @@ def attempt_held(redis: Redis, settings: DeliverySettings, held: Sequence[Held],
                  batch: metrics.Batch) -> None:
     """Attempt each held delivery once, in order; hand over what cannot be attempted now."""
     ends = time.monotonic() + BUDGET_TIMEOUTS * settings.timeout
+    failed: set[str] = set()  # hooks that failed here: failing now, one probe at a time
     for one in held:
         place = hook_in_flight_key(one.merchant, one.hook.id)
-        if time.monotonic() >= ends or not slots.take(
+        if time.monotonic() >= ends or one.hook.id in failed or not slots.take(
                 redis, place, one.event_id, settings.timeout + 5,
                 settings.max_in_flight_per_hook):
             _queue_now(redis, one)
@@ -86,6 +88,7 @@ def attempt_held(redis: Redis, settings: DeliverySettings, held: Sequence[Held],
             _delivered(redis, one, attempt, settings, batch)
         else:
             _failed(redis, one, attempt, settings, batch)
+            failed.add(one.hook.id)
 
 
 def _queue_now(redis: Redis, one: Held) -> None:

@@ -100,6 +100,19 @@ def test_a_failed_first_attempt_leaves_the_delivery_job_one_try_less(
         "delivered (2 attempts)")
 
 
+def test_after_a_failed_first_attempt_the_callbacks_other_deliveries_to_that_hook_queue(
+        first: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
+        redis_client: redis.Redis) -> None:
+    endpoint.script("/orders", Answer(503))
+    process_callback(netaxept(admin, "fa-2b", authorized=True, captured=10000))
+    assert len(endpoint.requests_to("/orders")) == 1  # the hook is failing after that one
+    authorized, captured = sorted(recent_events(redis_client, "shop-eu"),
+                                  key=lambda e: e.data.sequence)
+    assert redis_client.lrange("rq:queue:deliveries", 0, -1) == [
+        delivery_job_id(captured.id, "orders").encode()]
+    assert delivery_job_id(authorized.id, "orders") in scheduled(redis_client)
+
+
 def test_always_failing_it_is_dead_lettered_after_one_attempt_more_than_the_schedule(
         first: Runtime, admin: SimulatorClient, endpoint: MerchantEndpoint,
         redis_client: redis.Redis) -> None:
