@@ -163,9 +163,10 @@ class SentinelCluster:
                 f"sentinel monitor {self.service} 127.0.0.1 {self.ports[0]} 2\n"
                 f"sentinel down-after-milliseconds {self.service} 1000\n"
                 f"sentinel failover-timeout {self.service} 5000\n"
-                f"sentinel parallel-syncs {self.service} {self.replicas}\n")
+                f"sentinel parallel-syncs {self.service} {self.replicas}\n"
+                f"logfile {self.directory / f'sentinel-{port}.log'}\n")
             self.processes[port] = subprocess.Popen(
-                [redis_server_binary(), str(config), "--sentinel", "--loglevel", "warning"],
+                [redis_server_binary(), str(config), "--sentinel", "--loglevel", "notice"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.ready():
@@ -197,8 +198,12 @@ class SentinelCluster:
                          for n in range(len(self.ports) - 1))
             sentinels = [redis.Redis(port=port).info("sentinel").get("master0", {})
                          for port in self.sentinels]
+            # every Sentinel must know every replica too (it learns them from the primary's
+            # INFO, every few seconds): one it does not know is never pointed at the
+            # promoted primary after a failover, and min_replicas = 1 then waits in vain
             return online == len(self.ports) - 1 and all(
-                int(found.get("sentinels", 0)) >= len(self.sentinels) for found in sentinels)
+                int(found.get("sentinels", 0)) >= len(self.sentinels)
+                and int(found.get("slaves", 0)) >= len(self.ports) - 1 for found in sentinels)
         except (redis.RedisError, OSError, ValueError):
             return False
 
