@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from redis import Redis
 
+from shared import scripts
+
 # KEYS: the endpoint's set; ARGV: member, lease seconds, the cap. 1 if a place was taken (or
 # the member held one already, whose lease is renewed), else 0.
 _TAKE = """
@@ -32,8 +34,7 @@ return 0
 def take(redis: Redis, key: str, member: str, lease: float, cap: int) -> bool:
     """Take one of `cap` places at `key` for `lease` seconds at most; False when all are
     taken."""
-    script = redis.register_script(_TAKE)  # EVALSHA, loaded again by redis-py if flushed
-    return bool(script(keys=[key], args=[member, lease, cap]))
+    return bool(scripts.run(redis, _TAKE, keys=[key], args=[member, lease, cap]))
 
 
 def give_back(redis: Redis, key: str, member: str) -> None:

@@ -33,10 +33,9 @@ from collections.abc import Sequence
 
 import structlog
 from redis import Redis
-from redis.commands.core import Script
 from rq import Queue
 
-from shared import metrics, slots
+from shared import metrics, scripts, slots
 from shared.keys import attempts_key, delivery_key, hook_in_flight_key
 from shared.models import DeliveryState
 from shared.queue import DELIVERIES, JobTemplate
@@ -56,7 +55,6 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[3], ARGV[1])
 end
 """
-_scripts: dict[int, Script] = {}
 
 
 def hold_seconds(settings: DeliverySettings) -> float:
@@ -92,11 +90,9 @@ def attempt_held(redis: Redis, settings: DeliverySettings, held: Sequence[Held],
 
 
 def _queue_now(redis: Redis, one: Held) -> None:
-    script = _scripts.get(id(redis))
-    if script is None:
-        script = _scripts[id(redis)] = redis.register_script(_QUEUE_NOW)
     job = delivery_job_id(one.event_id, one.hook.id)
-    script(keys=[SCHEDULED, JobTemplate.job_key(job), _QUEUE], args=[job])
+    scripts.run(redis, _QUEUE_NOW, keys=[SCHEDULED, JobTemplate.job_key(job), _QUEUE],
+                args=[job])
 
 
 def _outcome(one: Held, attempt: delivery.Attempt, number: int) -> dict[str, object]:

@@ -27,14 +27,14 @@ Failures, retries and the failed registry keep RQ's own code, unchanged.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 from redis import Redis
-from redis.commands.core import Script
 from rq import Queue
 from rq.job import Job
 from rq.utils import current_timestamp, utcformat
+
+from shared import scripts
 
 # KEYS: started registry, job hash, intermediate list. ARGV: member, lease seconds, worker
 # name, the start time (RQ's format), job id, 1 to persist the job's hash (it had a TTL)
@@ -94,35 +94,21 @@ _PUT_BACK = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) end
 """
 
-_scripts: dict[tuple[int, str], Script] = {}
-_lock = threading.Lock()
-
-
-def _script(connection: Redis, source: str) -> Script:
-    """One Script object per connection and source (redis-py loads it again by itself if
-    Redis lost it, after a restart or a failover)."""
-    key = (id(connection), source)
-    with _lock:
-        if key not in _scripts:
-            _scripts[key] = connection.register_script(source)
-        return _scripts[key]
-
-
 def start(connection: Redis, job: Job, queue: Queue, member: str, worker: str,
           lease: int) -> None:
     """Register the job as started by `worker`, with a lease of `lease` seconds."""
     stamp = utcformat(job.started_at) if job.started_at else ""
-    _script(connection, _START)(
-        keys=[queue.started_job_registry.key, job.key, queue.intermediate_queue_key],
-        args=[member, lease, worker, stamp, job.id, 1 if job.ttl else 0])
+    scripts.run(connection, _START,
+                keys=[queue.started_job_registry.key, job.key, queue.intermediate_queue_key],
+                args=[member, lease, worker, stamp, job.id, 1 if job.ttl else 0])
 
 
 def finish(connection: Redis, job: Job, queue: Queue, member: str, result_ttl: int) -> None:
     """Record the job's success and end its lease."""
     ended = utcformat(job.ended_at) if job.ended_at else ""
-    _script(connection, _FINISH)(
-        keys=[job.key, queue.finished_job_registry.key, queue.started_job_registry.key],
-        args=[ended, result_ttl, current_timestamp() + result_ttl, member])
+    scripts.run(connection, _FINISH,
+                keys=[job.key, queue.finished_job_registry.key, queue.started_job_registry.key],
+                args=[ended, result_ttl, current_timestamp() + result_ttl, member])
 
 
 def renew(connection: Redis, worker_key: str, worker_ttl: int, heartbeat: str,
@@ -130,20 +116,19 @@ def renew(connection: Redis, worker_key: str, worker_ttl: int, heartbeat: str,
           ) -> None:
     """Renew each (started registry, member) lease for `lease` seconds and the worker's
     heartbeat; add `succeeded` (jobs, seconds of work) to the worker's counters."""
-    _script(connection, _RENEW)(
-        keys=[worker_key, *(registry for registry, _ in leases)],
-        args=[lease, worker_ttl, heartbeat, succeeded[0], round(succeeded[1], 6),
-              *(member for _, member in leases)])
+    scripts.run(connection, _RENEW, keys=[worker_key, *(registry for registry, _ in leases)],
+                args=[lease, worker_ttl, heartbeat, succeeded[0], round(succeeded[1], 6),
+                      *(member for _, member in leases)])
 
 
 def give_back(connection: Redis, job: Job, queue: Queue, member: str) -> None:
     """Put a job this worker took but will not finish back at the front of its queue."""
-    _script(connection, _GIVE_BACK)(
-        keys=[job.key, queue.started_job_registry.key, queue.key], args=[member, job.id])
+    scripts.run(connection, _GIVE_BACK,
+                keys=[job.key, queue.started_job_registry.key, queue.key], args=[member, job.id])
 
 
 def put_back(connection: Redis, queue: Queue, job_id: str) -> None:
     """Put a job stranded on the queue's intermediate list back at the front of the queue
     (it never started: no try is spent)."""
-    _script(connection, _PUT_BACK)(keys=[queue.intermediate_queue_key, queue.key],
-                                   args=[job_id])
+    scripts.run(connection, _PUT_BACK, keys=[queue.intermediate_queue_key, queue.key],
+                args=[job_id])

@@ -26,7 +26,7 @@ from datetime import datetime
 import httpx
 from redis import Redis
 
-from shared import slots
+from shared import scripts, slots
 from shared.errors import ProviderBusy
 from shared.http import PROVIDER_DEADLINE, make_client
 from shared.keys import RUNTIME_HOOKS_VERSION, provider_in_flight_key, rate_limit_key
@@ -126,7 +126,7 @@ class Runtime:
     def limit(self, key: str, per_minute: int) -> None:
         """A fixed one-minute window shared by every worker, timed by Redis's clock (the
         workers' hosts may disagree): ProviderBusy when spent."""
-        used, left = self.redis.register_script(_SPEND)(keys=[rate_limit_key(key)])
+        used, left = scripts.run(self.redis, _SPEND, keys=[rate_limit_key(key)])
         if int(used) > per_minute:
             raise ProviderBusy(f"{key}: {per_minute} requests a minute already used",
                                retry_after=float(left))

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
-from redis.commands.core import Script
 from rq import Queue
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.intermediate_queue import IntermediateQueue
+
+from shared import scripts
 
 SWEEP_LOCK_SECONDS = 60  # one worker sweeps a queue at a time; RQ holds the lock 15 minutes
 BLOCK_SECONDS = 1  # an idle worker waits on its first queue this long, then looks at all
@@ -45,8 +46,6 @@ class SafeQueue(Queue):
     (or cut off from Redis) while it held the lock stopped every sweep, and so the rescue
     of every abandoned job, for that long."""
 
-    _take_first: Script | None = None
-
     def acquire_maintenance_lock(self) -> bool:
         return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True,
                                         ex=SWEEP_LOCK_SECONDS))
@@ -55,15 +54,12 @@ class SafeQueue(Queue):
     def lpop(cls, queue_keys: Sequence[str], timeout: int | None,
              connection: Redis | None = None) -> tuple[str, Any] | None:
         assert connection is not None
-        if cls._take_first is None:
-            SafeQueue._take_first = connection.register_script(_TAKE_FIRST)
-        assert cls._take_first is not None
         lists = [*queue_keys, *(IntermediateQueue.get_intermediate_queue_key(key)
                                 for key in queue_keys)]
         deadline = time.monotonic() + (timeout or 0)
         while True:
             STOPPING.check()  # asked to stop: take nothing more
-            found = cls._take_first(keys=lists, client=connection)
+            found = scripts.run(connection, _TAKE_FIRST, keys=lists)
             if found is not None:
                 return found[0].decode(), found[1]
             left = deadline - time.monotonic()
