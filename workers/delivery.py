@@ -133,7 +133,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     body = _event_body(runtime.redis, event_id, hook_id)
     if body is None:
         reason = "the event expired"
-        _set_state(runtime.redis, event_id, hook_id, settings.delivery,
+        set_state(runtime.redis, event_id, hook_id, settings.delivery,
                    state=DeliveryState.DROPPED)
         log.warning("delivery_dropped", reason=reason)
         return {"state": DeliveryState.DROPPED.value, "reason": reason}
@@ -141,7 +141,7 @@ def deliver_event(event_id: str, merchant: str, hook_id: str) -> dict[str, Any]:
     if hook is None:
         return _hook_gone(runtime.redis, merchant, hook_id, event_id, body, settings.delivery)
     if not enabled:  # kept waiting, as for a pause; enabling the hook makes it due now
-        _set_state(runtime.redis, event_id, hook_id, settings.delivery,
+        set_state(runtime.redis, event_id, hook_id, settings.delivery,
                    state=DeliveryState.PAUSED)
         _defer(LOOK_AGAIN + random.uniform(0, 5))  # noqa: S311
     probing = wait_if_paused(runtime.redis, merchant, hook, settings.delivery)
@@ -214,7 +214,7 @@ def delivery_failed(job: Job, connection: Redis, kind: type[BaseException] | Non
                   else "the job ended unfinished")
         body = _event_body(connection, event_id, hook_id)
         if body is None:
-            _set_state(connection, event_id, hook_id, settings, state=DeliveryState.DROPPED,
+            set_state(connection, event_id, hook_id, settings, state=DeliveryState.DROPPED,
                        reason=reason)
             return
         attempts = int(connection.hget(delivery_key(event_id, hook_id), "attempts") or 0)
@@ -311,10 +311,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
              failing: bool) -> dict[str, Any]:
     """`failing`: the hook was failing or paused when this attempt began."""
     number = record_attempt(redis, merchant, event_id, hook.id, attempt, settings)
-    outcome = {name: value for name, value in (
-        ("status", attempt.status), ("error", attempt.error), ("attempt", number),
-        ("duration_ms", attempt.duration_ms), ("url_host", hook.url.host))
-        if value is not None}  # no `error=None` on a success
+    outcome = attempt_fields(attempt, number, hook)
     if attempt.ok:
         batch.count("deliveries", merchant, hook.id, "delivered")
         if failing:  # a healthy hook has no failures to forget and is not in PAUSED
@@ -322,7 +319,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
             pipe.delete(hook_key(merchant, hook.id))
             pipe.srem(PAUSED_HOOKS, f"{merchant}/{hook.id}")
             pipe.execute()
-        _set_state(redis, event_id, hook.id, settings, state=DeliveryState.DELIVERED,
+        set_state(redis, event_id, hook.id, settings, state=DeliveryState.DELIVERED,
                    attempts=number)
         log.info("event_delivered", **outcome)
         return {"state": DeliveryState.DELIVERED.value, **outcome}
@@ -332,7 +329,7 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
     if job is not None and job.retries_left:
         delay = next_delay(settings.retry_schedule, number, attempt.retry_after)
         job.retry_intervals = [max(1, round(delay))]
-        _set_state(redis, event_id, hook.id, settings, state=DeliveryState.RETRYING,
+        set_state(redis, event_id, hook.id, settings, state=DeliveryState.RETRYING,
                    attempts=number,
                    next_at=time.time() + delay)
         batch.count("deliveries", merchant, hook.id, "failed")
@@ -342,6 +339,13 @@ def _outcome(redis: Redis, merchant: str, hook: HookSettings, event_id: str, bod
         dead_letter(redis, merchant, hook.id, event_id, body, number, settings)
         log.error("delivery_dead_lettered", **outcome)
     raise DeliveryFailed(f"attempt {number}: {attempt.status or attempt.error}")
+
+
+def attempt_fields(attempt: Attempt, number: int, hook: HookSettings) -> dict[str, Any]:
+    """What an attempt's log line says of it (no `error=None` on a success)."""
+    fields = {"status": attempt.status, "error": attempt.error, "attempt": number,
+              "duration_ms": attempt.duration_ms, "url_host": hook.url.host}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | None) -> float:
@@ -370,8 +374,9 @@ def record_attempt(redis: Redis, merchant: str, event_id: str, hook_id: str,
     return int(number)
 
 
-def _set_state(redis: Redis, event_id: str, hook_id: str, settings: DeliverySettings,
-               **fields: EncodableT) -> None:
+def set_state(redis: Redis, event_id: str, hook_id: str, settings: DeliverySettings,
+              **fields: EncodableT) -> None:
+    """Update the delivery's record, kept `history` from now."""
     key = delivery_key(event_id, hook_id)
     mapping: dict[EncodableT, EncodableT] = {"updated_at": time.time()}
     mapping.update(fields)
@@ -383,7 +388,7 @@ def _set_state(redis: Redis, event_id: str, hook_id: str, settings: DeliverySett
 
 def dead_letter(redis: Redis, merchant: str, hook_id: str, event_id: str, body: bytes,
                  attempts: int, settings: DeliverySettings, **fields: EncodableT) -> None:
-    _set_state(redis, event_id, hook_id, settings, state=DeliveryState.DEAD, attempts=attempts,
+    set_state(redis, event_id, hook_id, settings, state=DeliveryState.DEAD, attempts=attempts,
                event=body, merchant=merchant, **fields)
     now = redis_now(redis)  # trimmed by age: by a host's wrong clock, every one would go
     redis.zadd(DEAD_LETTERS, {dead_letter_member(merchant, event_id, hook_id): now})

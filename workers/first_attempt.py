@@ -96,10 +96,10 @@ def _queue_now(redis: Redis, one: Held) -> None:
 
 
 def _outcome(one: Held, attempt: delivery.Attempt, number: int) -> dict[str, object]:
-    fields = {"event_id": one.event_id, "hook": one.hook.id, "status": attempt.status,
-              "error": attempt.error, "attempt": number, "duration_ms": attempt.duration_ms,
-              "url_host": one.hook.url.host}
-    return {name: value for name, value in fields.items() if value is not None}
+    """The attempt's log fields, with the event and hook (the callback job's context has
+    neither)."""
+    return {"event_id": one.event_id, "hook": one.hook.id,
+            **delivery.attempt_fields(attempt, number, one.hook)}
 
 
 def _delivered(redis: Redis, one: Held, attempt: delivery.Attempt,
@@ -133,11 +133,10 @@ def _failed(redis: Redis, one: Held, attempt: delivery.Attempt, settings: Delive
     wait = delivery.next_delay(settings.retry_schedule, number, attempt.retry_after)
     job = delivery_job_id(one.event_id, one.hook.id)
     tries = max(len(settings.retry_schedule) - 1, 0)  # one of 1 + len(schedule) was made here
-    key = delivery_key(one.event_id, one.hook.id)
+    delivery.set_state(redis, one.event_id, one.hook.id, settings,
+                       state=DeliveryState.RETRYING, attempts=number,
+                       next_at=time.time() + wait)
     pipe = redis.pipeline()
-    pipe.hset(key, mapping={"state": DeliveryState.RETRYING.value, "attempts": number,
-                            "next_at": time.time() + wait, "updated_at": time.time()})
-    pipe.expire(key, int(settings.history))
     pipe.hset(JobTemplate.job_key(job), "retries_left", tries)
     pipe.zadd(SCHEDULED, {job: int(time.time() + wait)}, xx=True)
     pipe.execute()
