@@ -4,8 +4,8 @@ started, how its jobs are enqueued, and what its processes spent.
 - payhooks: `python -m tests.bench.worker --worker CONFIG callbacks,deliveries
   --concurrency N`, `build_worker`'s worker with the scheduler, on both queues; a callback
   job per callback, stored as the ingress stores it (tests/bench/worker.py `stored_jobs`,
-  `enqueue`), its delivery job enqueued by the worker itself. With a `build_worker` that
-  takes no `concurrency` yet, it runs one job at a time and its label says so.
+  `enqueue`), its delivery made by the callback job itself (a delivery job only for a
+  retry).
 - Celery (tests/bench/peer_celery.py): `python -m celery -A tests.bench.peer_celery worker
   --pool threads --concurrency N`; one task per callback, sent with `send_task`.
 - dramatiq (tests/bench/peer_dramatiq.py): `python -m dramatiq tests.bench.peer_dramatiq
