@@ -8,8 +8,8 @@ For payhooks that is its real pipeline: a callback job stored on `callbacks` as 
 stores it, run by `build_worker`'s worker on `callbacks` and `deliveries`, which follows up,
 records the event (deduplicated, with its delivery job) and delivers it to the merchant's
 one hook. Its config has PayEx only and raises `max_follow_ups_in_flight` and
-`max_in_flight_per_hook` to 4 x N, the most jobs the runs have at once (at the default, 4,
-a worker of N > 4 would have its 5th follow-up or delivery step aside for seconds); it logs
+`max_in_flight_per_hook` to 4 x N, the most jobs the runs have at once (at the defaults,
+16 and 8, a worker of N > 8 would have its 9th delivery step aside for seconds); it logs
 its JSON lines at info, as deployed. A peer does the follow-up and the delivery in one task
 (tests/bench/peer_task.py) and logs at its default level (nothing per task). How each
 worker is started and what it spent: tests/bench/peers.py.
